@@ -1,0 +1,5 @@
+"""Allow ``python -m mailtracker``."""
+
+from mailtracker.cli import main
+
+raise SystemExit(main())
