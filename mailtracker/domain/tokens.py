@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Literal
 
-UNIT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,15}")
-"""Unit ids a token can carry: lower-case letters, digits, ``-`` and ``_``, at most 16."""
+UNIT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+"""Unit ids a token can carry (as config accepts): ``a-z 0-9 - _``, at most 32 characters."""
 
 KIND_PATTERN = re.compile(r"[a-z]")
 MAX_LOCAL_PART = 64
@@ -29,7 +29,7 @@ _MAC_BYTES = 11
 _BODY_CHARS = 24  # base32 of 4 + 11 bytes, no padding needed
 _DOMAIN_TAG = b"mailtracker-reply-token-v1"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_TOKEN = r"[a-z]\.[a-z0-9][a-z0-9_-]{0,15}\.[a-z2-7]{24}"
+_TOKEN = r"[a-z]\.[a-z0-9][a-z0-9_-]{0,31}\.[a-z2-7]{24}"
 _TOKEN_RE = re.compile(_TOKEN)
 _IN_ADDRESS = re.compile(r"\+t\.(" + _TOKEN + r")@")
 _IN_MESSAGE_ID = re.compile(r"(?:^|[<\s])t\.(" + _TOKEN + r")(?:\.[a-z0-9]+)?@")
