@@ -12,8 +12,8 @@ from mailtracker.domain.commands import (
     LineError,
     ReplyParse,
     normalise_ref,
+    parse_command_date,
     parse_command_line,
-    parse_date,
     parse_reply,
     subject_ref,
 )
@@ -275,7 +275,7 @@ def test_every_date_form(written: str, expected: str) -> None:
 def test_dates_across_month_and_year_ends(
     today: datetime.date, written: str, expected: datetime.date | None
 ) -> None:
-    assert parse_date(written, today) == expected
+    assert parse_command_date(written, today) == expected
 
 
 @pytest.mark.parametrize(

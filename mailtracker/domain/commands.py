@@ -187,7 +187,7 @@ def _match_action(words: list[str]) -> tuple[Action, int] | None:
     return None
 
 
-def parse_date(text: str, today: datetime.date) -> datetime.date | None:
+def parse_command_date(text: str, today: datetime.date) -> datetime.date | None:
     """A DATE argument (``dd/mm/yyyy``, ``d/m/yyyy``, ``dd/mm``, ``yyyy-mm-dd``, today,
     yesterday, ``hôm nay``, ``hôm qua``), read against ``today``; None when it is not one."""
     folded = fold(text).rstrip(_TRAILING_PUNCTUATION)
@@ -260,7 +260,7 @@ def _build(
     if action in _DATE_ACTIONS:
         if rest is None:
             return Command(ref, action, {"date": None}, line)
-        date = parse_date(rest, today)
+        date = parse_command_date(rest, today)
         if date is None:
             return _error(
                 line,

@@ -68,7 +68,7 @@ def html_to_text(html: str) -> str:
     for block in soup.find_all(list(_BLOCK_TAGS)):
         block.insert_before("\n")
         block.insert_after("\n")
-    return soup.get_text()
+    return soup.get_text().replace("\xa0", " ")
 
 
 def _drop_from(start: Tag) -> None:
