@@ -511,7 +511,6 @@ class _Reader:
             location = value[len("file:") :].strip()
             if not location:
                 self.error(key, 'a file reference needs a path: "file:/path/to/secret"')
-                return None
             secret_path = Path(location).expanduser()
             if self.base_dir is not None and not secret_path.is_absolute():
                 secret_path = self.base_dir / secret_path
@@ -610,8 +609,10 @@ class _Reader:
             and not Path(database).is_absolute()
             and self.base_dir is not None
         ):
-            url = url.set(database=str(self.base_dir / database))
-        return url.render_as_string(hide_password=False)
+            return url.set(database=str(self.base_dir / database)).render_as_string(
+                hide_password=False
+            )
+        return text
 
     def timezone(self, name: str | None) -> zoneinfo.ZoneInfo:
         name = name or DEFAULT_TIMEZONE
@@ -693,7 +694,8 @@ class _Reader:
                     )
                 mailbox_owners.setdefault(identity, mailbox_where)
             units.append(unit)
-        if units and not any(unit.role == "lead" for unit in units):
+        role_problems = any(key.endswith(".role") for key, _ in self.problems)
+        if units and not role_problems and not any(unit.role == "lead" for unit in units):
             self.error("units", 'no unit has role = "lead" (one is needed: it owns imports)')
         if units and not mailbox_owners:
             self.warn("units", "no [[units.mailboxes]]: nothing will be polled")
