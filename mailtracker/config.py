@@ -433,7 +433,7 @@ class _Reader:
     ) -> _Option:
         value = self.string(table, where, name, default)
         for option in options:
-            if value == option:
+            if value is not None and value.lower() == option:
                 return option
         self.error(_join(where, name), f"must be one of {', '.join(options)} (got {value!r})")
         return default

@@ -605,6 +605,21 @@ def test_every_problem_is_reported_at_once() -> None:
     ]
 
 
+def test_a_bad_role_is_not_also_reported_as_a_missing_lead() -> None:
+    data = minimal()
+    data["units"][0]["role"] = "Lead unit"
+    assert list(problems_of(data)) == ["units[0].role"]
+
+
+def test_choices_ignore_case() -> None:
+    data = minimal()
+    data["units"][0].update(role="LEAD", language="EN")
+    mailbox0(data)["security"] = "StartTLS"
+    config = config_from_dict(data)
+    assert (config.units[0].role, config.units[0].language) == ("lead", "en")
+    assert config.mailboxes[0].security == "starttls"
+
+
 def test_an_unlikely_key_gets_no_suggestion() -> None:
     data = minimal()
     data["tracker"]["colour"] = "blue"
