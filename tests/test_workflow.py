@@ -136,7 +136,7 @@ def in_status(status: Status) -> CaseState:
 
 def valid_command(action: Action) -> Command:
     """A well-formed command for ``action`` (restarts need a date, so every one carries it)."""
-    args: dict[str, Any] = {
+    examples: dict[str, dict[str, Any]] = {
         "monitor": {"date": "2020-02-09"},
         "home": {"date": "2020-02-09"},
         "facility": {"date": "2020-02-09"},
@@ -145,8 +145,8 @@ def valid_command(action: Action) -> Command:
         "note": {"note": "đã gọi điện"},
         "transfer": {"to": "Đà Nẵng"},
         "clear": {"note": None},
-    }.get(action, {})
-    return cmd(action, **args)
+    }
+    return cmd(action, **examples.get(action, {}))
 
 
 def test_expected_table_covers_every_cell() -> None:

@@ -42,8 +42,9 @@ class AuthDecision:
 
 
 def normalize_address(address: str) -> str:
-    """The bare e-mail address, case-folded (``Epi <EPI@x.org>`` -> ``epi@x.org``)."""
-    return parseaddr(address)[1].strip().casefold()
+    """The bare e-mail address, case-folded (``Epi <EPI@x.org>`` -> ``epi@x.org``); "" if none."""
+    bare = parseaddr(address)[1].strip().casefold()
+    return bare if "@" in bare else ""
 
 
 def is_staff(actor: str, unit: UnitAccess) -> bool:
