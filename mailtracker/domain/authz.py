@@ -14,7 +14,6 @@ from email.utils import parseaddr
 from typing import Literal
 
 Role = Literal["lead", "member", "observer"]
-ROLES: tuple[Role, ...] = ("lead", "member", "observer")
 AuthCode = Literal["allowed", "not_staff", "unknown_unit", "observer", "not_owner"]
 
 

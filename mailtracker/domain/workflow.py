@@ -84,7 +84,6 @@ PERIOD_STATUSES: frozenset[Status] = frozenset(
     {"monitoring", "home_isolation", "facility_isolation"}
 )
 FOLLOWED_STATUSES: frozenset[Status] = PERIOD_STATUSES | {"hospital"}
-OPEN_STATUSES: tuple[Status, ...] = STATUSES[:-1]
 
 FEVER_CELSIUS = 37.5
 PLAUSIBLE_CELSIUS = (34.0, 43.0)
