@@ -278,6 +278,14 @@ def test_dates_across_month_and_year_ends(
     assert parse_command_date(written, today) == expected
 
 
+def test_dates_at_the_ends_of_the_calendar_are_refused_not_raised() -> None:
+    assert parse_command_date("hôm qua", datetime.date.min) is None
+    assert parse_command_date("01/01", datetime.date.max) is None
+    assert parse_command_date("25/12", datetime.date.max) == datetime.date(9999, 12, 25)
+    assert parse_command_date("31/12", datetime.date.min) is None
+    assert parse_command_date("02/01", datetime.date.min) == datetime.date(1, 1, 2)
+
+
 @pytest.mark.parametrize(
     "written",
     [

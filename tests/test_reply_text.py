@@ -191,6 +191,22 @@ def test_plain_replies_keep_only_the_new_text(body: str) -> None:
     assert "Reply above" not in text and "Trả lời phía trên" not in text
 
 
+@pytest.mark.parametrize(
+    "device_line",
+    [
+        "Sent from my iPhone",
+        "Sent from my Samsung Galaxy smartphone.",
+        "Sent from Mail for Windows",
+        "Get Outlook for Android",
+        "Gửi từ iPhone của tôi",
+        "Gửi từ điện thoại Samsung Galaxy",
+        "Gửi từ thiết bị di động",
+    ],
+)
+def test_device_lines_end_the_new_text(device_line: str) -> None:
+    assert extract_reply_text(reply(COMMANDS, "", device_line, "QN-0099 clear"), None) == COMMANDS
+
+
 def test_exact_cut_keeps_greeting_and_thanks() -> None:
     assert extract_reply_text(GMAIL_EN, None) == "Hi,\n" + COMMANDS + "\nThanks"
     assert extract_reply_text(OUTLOOK_DESKTOP_EN, None) == COMMANDS + "\n\nTrân trọng,"
@@ -214,6 +230,8 @@ def test_words_like_the_headers_inside_the_new_text_are_kept() -> None:
         "Vào ngày mai sẽ gọi lại",
         "QN-45 ghi chú gửi từ trạm y tế xã Tịnh Khê hôm qua, đã xác minh đủ thông tin",
         "QN-46 ghi chú 1 -- 2",
+        "Gửi từ trạm y tế xã Tịnh Khê",
+        "Sent from the district office",
     )
     assert extract_reply_text(body, None) == body
 

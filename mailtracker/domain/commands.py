@@ -196,7 +196,10 @@ def parse_command_date(text: str, today: datetime.date) -> datetime.date | None:
             folded = folded[len(lead) :]
             break
     if folded in _RELATIVE_DAYS:
-        return today - datetime.timedelta(days=_RELATIVE_DAYS[folded])
+        try:
+            return today - datetime.timedelta(days=_RELATIVE_DAYS[folded])
+        except OverflowError:
+            return None
     if iso := _DATE_ISO.fullmatch(folded):
         return _date_or_none(int(iso.group(1)), int(iso.group(2)), int(iso.group(3)))
     day_first = _DATE_DAY_FIRST.fullmatch(folded)

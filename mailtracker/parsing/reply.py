@@ -31,7 +31,10 @@ _HEADER_NEXT = re.compile(
 _HEADER_SENT_INLINE = re.compile(r"\s\*?(?:sent|da gui)\s*:")
 _UNDERSCORES = re.compile(r"^_{10,}$")
 _SENT_FROM = re.compile(
-    r"^(?:sent from|gui tu|get outlook for|download outlook for)(?:\s\S+){1,5}$"
+    r"^(?:sent from my(?:\s\S+){1,4}"
+    r"|(?:sent from|gui tu)(?:\s\S+){0,3}\s(?:iphone|ipad|android|samsung|galaxy|xiaomi|oppo"
+    r"|huawei|mobile|phone|dien thoai|di dong|thiet bi|outlook|mail|gmail|yahoo|windows)\b.*"
+    r"|get outlook for\s\S+)$"
 )
 _HIDDEN_QUOTE = frozenset({"[quoted text hidden]", "[da an van ban trich dan]"})
 _HEADER_LOOKAHEAD = 4
