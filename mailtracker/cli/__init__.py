@@ -17,6 +17,9 @@ from mailtracker import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "parse",
     "configcheck",
+    "cases",
+    "importing",
+    "db",
 )
 
 
