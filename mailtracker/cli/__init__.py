@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cases",
     "importing",
     "db",
+    "poll",
 )
 
 
