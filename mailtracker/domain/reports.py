@@ -133,7 +133,7 @@ _EXTRA_LABELS: dict[str, tuple[str, ...]] = {
 
 
 def _label_key(label: str) -> str:
-    key = fold(label).rstrip(" :：.")
+    key = re.sub(r"\(.*?\)|\*", " ", fold(label)).strip().rstrip(" :：.")
     key = re.sub(r"\s*/\s*", "/", key)
     return re.sub(r"^[\-*•+]\s*|^\d{1,2}[.)]\s*", "", key).strip()
 

@@ -281,15 +281,22 @@ def fields_from_lines(text: str) -> list[Fields]:
     current: Fields = {}
     last: str | None = None
     previous_line = ""
+    awaiting: str | None = None  # a label written alone, its value on the next line
     for line in text.split("\n"):
         match = _LINE.match(line)
         name = field_for_label(match["label"]) if match else None
+        if awaiting and match is None and line.strip() and field_for_label(line) is None:
+            current[awaiting] = line.strip()
+            awaiting, last, previous_line = None, None, line
+            continue
+        awaiting = None
         if match and name:
             if name in current:
                 people.append(current)
                 current = {}
             current[name] = match["value"].strip().strip("\t")
             last = name
+            awaiting = name if not current[name] else None
         elif (
             last in _FREE_TEXT
             and line.strip()
@@ -361,7 +368,9 @@ def _leaves(message: Message, walk: _Walk, depth: int) -> Iterator[tuple[Message
         if part.is_multipart() and not ctype.startswith("message/"):
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((child, level + 1) for child in reversed(children))
+                stack.extend(
+                    (child, level + 1) for child in reversed(children) if isinstance(child, Message)
+                )
             continue
         yield part, level
 
