@@ -329,6 +329,7 @@ def plain(body: str = "Chào anh chị, chiều nay họp.", **headers: str) -> 
         (with_lines(subject="Re: thông báo", In_Reply_To="<x@y>"), "notification"),
         (with_lines(Auto_Submitted="auto-generated", Precedence="bulk"), "notification"),
         (with_lines(Auto_Submitted="auto-replied"), "auto"),
+        (with_lines(X_Mailtracker_Loop="cdc"), "auto"),
     ],
 )
 def test_kinds(message: EmailMessage, kind: str) -> None:

@@ -24,6 +24,7 @@ import mailparser
 from mailtracker.domain.commands import Command
 from mailtracker.domain.reports import Report, build_report, field_for_label
 from mailtracker.domain.text import fold, nfc
+from mailtracker.mail.compose import LOOP_HEADER
 from mailtracker.parsing.tables import (
     Fields,
     TableError,
@@ -61,6 +62,7 @@ _AUTO_SUBJECT = re.compile(
     r"^\s*(?:automatic reply|auto reply|autoreply|auto|out of office|tra loi tu dong|"
     r"tu dong tra loi|vang mat|thu tra loi tu dong)\b"
 )
+_ROBOT_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponse", LOOP_HEADER)
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 _DAEMONS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
@@ -195,11 +197,12 @@ def _is_bounce(message: Message, scan: _Walk, sender: str | None) -> bool:
 
 
 def _robot_reply(message: Message, subject: str) -> bool:
-    """An out-of-office or other automatic answer: never a notification, never a reply."""
+    """An out-of-office or other automatic answer, or the tracker's own mail (its loop header):
+    never a notification, never a reply."""
     submitted = fold(_header(message, "Auto-Submitted") or "")
     if submitted.startswith("auto-replied"):
         return True
-    if any(_header(message, name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponse")):
+    if any(_header(message, name) for name in _ROBOT_HEADERS):
         return True
     return bool(_AUTO_SUBJECT.match(fold(subject)))
 
