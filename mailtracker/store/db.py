@@ -44,14 +44,15 @@ class Database:
 
     @contextmanager
     def session(self, *, read_only: bool = False) -> Iterator[Session]:
-        """A session committed when the block ends normally and rolled back on an exception."""
+        """A session committed when the block ends normally and rolled back on an exception.
+
+        A ``read_only`` session is never committed; what it loaded stays readable after it.
+        """
         factory = self._read_sessions if read_only else self._sessions
         with factory() as session:
             try:
                 yield session
-                if read_only:
-                    session.rollback()
-                else:
+                if not read_only:
                     session.commit()
             except BaseException:
                 session.rollback()
