@@ -355,7 +355,9 @@ def test_a_failure_while_processing_leaves_no_partial_case(
         assert message.quarantined and message.error == "processing failed: RuntimeError"
     monkeypatch.undo()
     assert ingestor.reset_for_reparse(quarantined_only=True) == 1
-    assert ingestor.process_pending(now=NOW).created == ["QN-0001"]
+    # One case; its number may skip on PostgreSQL, whose sequences ignore rollbacks.
+    (ref,) = ingestor.process_pending(now=NOW).created
+    assert ref.startswith("QN-")
     assert count(ingestor.db, Case) == 1
 
 
