@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-
-from servers import ImapServer, ServerUnavailable, imap_server
-
-MakeConfig = Callable[..., Path]
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from servers import IN_CI, ImapServer, MakeConfig, ServerUnavailable, imap_server
 
 
 @pytest.fixture
@@ -33,9 +27,7 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
 
 
 @pytest.fixture
-def make_config(
-    tmp_path: Path, dovecot: ImapServer, monkeypatch: pytest.MonkeyPatch
-) -> MakeConfig:
+def make_config(tmp_path: Path, dovecot: ImapServer, monkeypatch: pytest.MonkeyPatch) -> MakeConfig:
     """Write ``config.toml`` whose units' mailboxes live on the ``dovecot`` server.
 
     ``make_config(units={"cdc": ["cdc@example.org"], "soyte": ["soyte@example.org"]})`` creates
