@@ -341,7 +341,7 @@ def test_a_failure_while_processing_leaves_no_partial_case(
     ingestor.store_batch(mailbox, 1, [(1, notification())], now=NOW)
     original = Ingestor._create
 
-    def fail_after_insert(self: Ingestor, session: Session, *args: object) -> str:
+    def fail_after_insert(self: Ingestor, session: Session, *args: object) -> Case:
         original(self, session, *args)  # type: ignore[arg-type]
         session.flush()
         raise RuntimeError("disk full")
@@ -380,6 +380,30 @@ def test_replies_are_stored_and_handed_to_the_reply_handler(
     assert (result.replies, seen) == (1, [(9, "reply")])
     # Replies are never parsed again: their commands must not be applied twice.
     assert ingestor.reset_for_reparse(quarantined_only=False) == 0
+
+
+def test_the_case_handler_sees_every_case_in_the_same_transaction(
+    database: Database, config: Config
+) -> None:
+    calls: list[tuple[str | None, str, bool]] = []
+
+    def handler(
+        session: Session, case: Case, message: Message, created: bool, now: dt.datetime
+    ) -> None:
+        calls.append((case.ref, message.unit_id, created))
+        if message.unit_id == "med":
+            raise RuntimeError("outbox unavailable")
+
+    ingestor = Ingestor(database, config, case_handler=handler)
+    cdc, med = (unit.mailboxes[0] for unit in config.units)
+    ingestor.store_batch(cdc, 1, [(1, notification())], now=NOW)
+    ingestor.store_batch(med, 1, [(1, notification())], now=NOW)
+    result = ingestor.process_pending(now=NOW)
+    assert calls == [("QN-0001", "cdc", True), ("QN-0001", "med", False)]
+    # The handler failed for the second message: its merge was rolled back with it.
+    assert (result.created, result.merged, result.failed) == (["QN-0001"], [], 1)
+    (case,) = cases(database)
+    assert [unit.unit_id for unit in case.units] == ["cdc"]
 
 
 def test_import_dedupes_by_content_whatever_the_line_endings(

@@ -60,6 +60,15 @@ class ReplyHandler(Protocol):
     ) -> None: ...
 
 
+class CaseHandler(Protocol):
+    """Called inside the processing transaction for each case a message opened (``created``)
+    or joined, e.g. to queue an immediate alert in the outbox."""
+
+    def __call__(
+        self, session: Session, case: Case, message: Message, created: bool, now: dt.datetime
+    ) -> None: ...
+
+
 @dataclass
 class ProcessResult:
     """What one ``process_pending`` pass did (case references, counts; no personal data)."""
@@ -71,6 +80,15 @@ class ProcessResult:
     ignored: int = 0
     quarantined: int = 0
     failed: int = 0
+
+    def add(self, other: ProcessResult) -> None:
+        self.processed += other.processed
+        self.created += other.created
+        self.merged += other.merged
+        self.replies += other.replies
+        self.ignored += other.ignored
+        self.quarantined += other.quarantined
+        self.failed += other.failed
 
 
 def content_hash(raw: bytes) -> str:
@@ -99,11 +117,17 @@ class Ingestor:
     """Stores polled or imported messages and turns them into cases."""
 
     def __init__(
-        self, db: Database, config: Config, *, reply_handler: ReplyHandler | None = None
+        self,
+        db: Database,
+        config: Config,
+        *,
+        reply_handler: ReplyHandler | None = None,
+        case_handler: CaseHandler | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.reply_handler = reply_handler
+        self.case_handler = case_handler
         self.parse: Callable[[bytes], ParsedMessage] = lambda raw: parse_message(
             raw, case_prefix=config.tracker.case_prefix, timezone=config.tracker.timezone
         )
@@ -305,11 +329,15 @@ class Ingestor:
         """Process every stored message not yet processed, each in a transaction of its own."""
         result = ProcessResult()
         for message_id in self.pending_ids(limit):
+            outcome = ProcessResult()
             try:
                 with self.db.session() as session:
-                    self._process(session, message_id, now, result)
+                    self._process(session, message_id, now, outcome)
+                result.add(outcome)  # counted once committed
             except Exception as error:  # one message never stops the others
-                log.exception("processing message %d failed", message_id)
+                # The exception text may quote report data: its type only, above DEBUG.
+                log.error("processing message %d failed: %s", message_id, type(error).__name__)
+                log.debug("processing message %d failed", message_id, exc_info=True)
                 self._quarantine_failed(message_id, now, error)
                 result.failed += 1
         if result.processed:
@@ -355,7 +383,7 @@ class Ingestor:
     def _process(
         self, session: Session, message_id: int, now: dt.datetime, result: ProcessResult
     ) -> None:
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             session.execute(select(func.pg_advisory_xact_lock(7243507102)))
         claimed = session.execute(
             update(Message)
@@ -417,11 +445,15 @@ class Ingestor:
             ):
                 return  # this message already gave this report a case: processed before
         case = self._open_case_of(session, key, received) if key.matchable else None
+        created = case is None
         if case is None:
-            result.created.append(self._create(session, message, index, report, received, now))
+            case = self._create(session, message, index, report, received, now)
+            result.created.append(case.ref or "")
         else:
             self._merge(session, case, message, index, report, now)
             result.merged.append(case.ref or "")
+        if self.case_handler is not None:
+            self.case_handler(session, case, message, created, now)
 
     def _open_case_of(self, session: Session, key: PersonKey, received: dt.datetime) -> Case | None:
         """The open case of the person ``key`` names (by report id first), if there is one."""
@@ -446,7 +478,7 @@ class Ingestor:
         report: Report,
         received: dt.datetime,
         now: dt.datetime,
-    ) -> str:
+    ) -> Case:
         state = new_case(received, message.unit_id, report.arrival_date, self.config.rules)
         case = Case(created_at=now, updated_at=now, name_key=name_key(report.full_name))
         set_report_fields(case, {name: getattr(report, name) for name in REPORT_FIELDS})
@@ -471,7 +503,7 @@ class Ingestor:
                 details={"unit": message.unit_id, "report_index": index},
             )
         )
-        return case.ref
+        return case
 
     def _merge(
         self,
