@@ -21,6 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "importing",
     "db",
     "poll",
+    "run",
+    "digest",
+    "outbox",
     "apply",
 )
 
