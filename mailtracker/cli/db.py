@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailtracker.cli.common import config_from_args
@@ -23,7 +24,7 @@ def open_configured(config: Config) -> Database:
     """The configured database, migrated; exit status 1 with a clear message when unusable."""
     try:
         return open_database(config.tracker.database)
-    except (SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, CommandError, OSError) as error:
         print(f"mailtracker: cannot open the database: {error}", file=sys.stderr)
         raise SystemExit(1) from error
 
