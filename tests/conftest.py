@@ -88,3 +88,20 @@ def make_config(tmp_path: Path, dovecot: ImapServer, monkeypatch: pytest.MonkeyP
         return path
 
     return make
+
+
+# --- SMTP: a real in-process aiosmtpd server (tests/smtp_capture.py) -------------------------
+
+from smtp_capture import SmtpCapture  # noqa: E402
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpCapture]:
+    """A running aiosmtpd server on a free 127.0.0.1 port that keeps every message it accepts;
+    ``stop()``/``start()`` simulate an outage on the same port."""
+    server = SmtpCapture()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
