@@ -405,10 +405,11 @@ class CaseService:
         if status == "closed":
             outcome = transition.state.outcome
             assert outcome is not None  # a closed case has an outcome
-            vi, en = f"{vi} ({OUTCOME_VI[outcome]})", f"{en} ({outcome})"
+            vi_outcome, en_outcome = OUTCOME_VI[outcome], str(outcome)
             target = transition.details.get("to")
             if outcome == "transferred" and target:
-                vi, en = f"{vi}: {target}", f"{en}: {target}"
+                vi_outcome, en_outcome = f"{vi_outcome}: {target}", f"{en_outcome}: {target}"
+            vi, en = f"{vi} ({vi_outcome})", f"{en} ({en_outcome})"
         elif status == "new" and shown:
             vi, en = f"{vi}, xác minh trước {shown}", f"{en}, verify by {shown}"
         elif status == "hospital" and shown:
