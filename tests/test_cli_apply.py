@@ -170,7 +170,9 @@ def test_transfer_and_overdue_listing(
     assert apply(config_file, capsys, LEAD, "QN-2 home hôm nay")[0] == 0
     status, out = run(config_file, capsys, "cases", "--overdue", "--json")
     assert json.loads(out) == []
+    assert run(config_file, capsys, "cases", "--overdue")[0] == 0
     status, out = run(config_file, capsys, "cases", "--unit", "med", "--json")
+    assert status == 0
     (case,) = json.loads(out)
     assert (case["ref"], case["owner_unit"], case["units"]) == ("QN-0001", "med", ["cdc", "med"])
 
@@ -189,7 +191,11 @@ def test_json_output_and_exit_status_in_a_separate_process(
     )
     assert applied.returncode == 1, applied.stderr  # a new case is not followed up yet
     outcome = json.loads(applied.stdout)
-    assert (outcome["applied"], outcome["code"], outcome["ref"]) == (False, "not_allowed", "QN-0002")
+    assert (outcome["applied"], outcome["code"], outcome["ref"]) == (
+        False,
+        "not_allowed",
+        "QN-0002",
+    )
     assert outcome["status"] == "new" and outcome["alert"] is False
     subprocess.run([*command, "--as", LEAD, "QN-2 hospital"], env=environment, check=True)
     fever = subprocess.run(

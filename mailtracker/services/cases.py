@@ -10,6 +10,7 @@ the reply log when no stored case could be named. The caller owns the transactio
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -41,6 +42,8 @@ __all__ = [
     "case_state",
     "is_case_overdue",
 ]
+
+log = logging.getLogger(__name__)
 
 Channel = Literal["email", "cli", "system"]
 
@@ -293,6 +296,7 @@ class CaseService:
             )
             status, deadline = case.status, _deadline(case)
         session.flush()
+        log.info("%s %s by %s: refused (%s)", ref or "-", action or "-", channel, code)
         return LineOutcome(
             line=line,
             ref=ref,
@@ -379,6 +383,7 @@ class CaseService:
             )
         )
         session.flush()
+        log.info("%s %s by %s: applied", command.ref, command.action, channel)
         deadline = _deadline(case)
         vi, en = self._messages(case, transition, deadline)
         return LineOutcome(
