@@ -11,6 +11,10 @@ import pytest
 from servers import IN_CI, ImapServer, MakeConfig, ServerUnavailable, imap_server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (real servers, bulk)")
+
+
 @pytest.fixture
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """A private IMAP server for one test: Dovecot; pymap where Dovecot is not installed
