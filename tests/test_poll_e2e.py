@@ -245,7 +245,7 @@ def test_a_changed_uidvalidity_duplicates_nothing(
         assert first is not None and first.last_uid == 5
         old_validity = first.uidvalidity
     dovecot.recreate_folder(CDC, folder)
-    for number in (0, 2, 4, 1, 3, 5):  # a new order and one new message
+    for number in (5, 0, 2, 4, 1, 3):  # one new message first, the others in a new order
         dovecot.append(CDC, notification(number), folder=folder)
     poll_once(config)
     with db.session(read_only=True) as session:
