@@ -420,11 +420,6 @@ class ReplyService:
         )
 
 
-def reply_handler(config: Config) -> ReplyService:
-    """The ``Ingestor(reply_handler=...)`` hook for ``config``."""
-    return ReplyService(config)
-
-
 def _headers(raw: bytes) -> list[tuple[str, str]]:
     headers = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
         raw, headersonly=True
