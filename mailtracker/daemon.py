@@ -118,15 +118,15 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self.scheduler.add_listener(self._job_failed, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            # Its own error log prints exception text (which may quote data); ours does not.
+            logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
         self.threads: list[threading.Thread] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Schedule the jobs, start the scheduler and one poller thread per mailbox."""
-        if not logging.getLogger().isEnabledFor(logging.DEBUG):
-            # Its own error log prints exception text (which may quote data); ours does not.
-            logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
         if self.sender is None:
             log.warning("no [smtp] section: digests and alerts stay queued in the outbox")
         now = self.clock()
