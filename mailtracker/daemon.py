@@ -35,6 +35,7 @@ from mailtracker.mail.outbox import OutboxSender
 from mailtracker.services.alerts import queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
+from mailtracker.services.replies import ReplyService
 from mailtracker.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class AlertingIngestor(Ingestor):
         self,
         db: Database,
         config: Config,
-        after_processing: Callable[[dt.datetime], None],
+        after_processing: Callable[[dt.datetime, ProcessResult], None],
         *,
         reply_handler: ReplyHandler | None = None,
     ) -> None:
@@ -78,7 +79,7 @@ class AlertingIngestor(Ingestor):
     def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:
         result = super().process_pending(now=now, limit=limit)
         try:
-            self.after_processing(now)
+            self.after_processing(now, result)
         except Exception as error:  # alert trouble never stops the polling
             log.error("after processing: %s", describe_error(error))
             log.debug("after processing failure", exc_info=error)
@@ -235,10 +236,12 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _after_processing(self, now: dt.datetime) -> None:
+    def _after_processing(self, now: dt.datetime, result: ProcessResult) -> None:
+        """Queue the alerts of new high-risk cases; flush what processing queued (alerts,
+        acknowledgements) at once."""
         with self.db.session() as session:
             alerted = queue_high_risk_alerts(session, self.config, now)
-        if alerted:
+        if alerted or result.processed:
             self.flush_soon()
 
     def _job_failed(self, event: Any) -> None:
@@ -253,7 +256,7 @@ class Daemon:
 
 def run_daemon(config: Config, db: Database, stop: threading.Event) -> int:
     """Run until ``stop`` is set; the exit status."""
-    daemon = Daemon(config, db, stop_event=stop)
+    daemon = Daemon(config, db, stop_event=stop, reply_handler=ReplyService(config))
     daemon.start()
     try:
         daemon.wait()

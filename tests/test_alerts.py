@@ -22,6 +22,7 @@ from mailtracker.services.alerts import (
     queue_followup_alert,
     queue_high_risk_alerts,
 )
+from mailtracker.services.ingest import ProcessResult
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Followup, OutboxMessage
 
@@ -130,7 +131,7 @@ def test_ingested_high_risk_report_is_alerted_with_its_fields_escaped(
     received = dt.datetime(2020, 2, 12, 2, 0, tzinfo=dt.UTC)  # the mail is dated 01:00 UTC
     alerted: list[dt.datetime] = []
 
-    def after(now: dt.datetime) -> None:
+    def after(now: dt.datetime, _result: ProcessResult) -> None:
         with db.session() as session:
             queue_high_risk_alerts(session, config, now)
         alerted.append(now)
