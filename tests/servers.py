@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -102,6 +101,7 @@ class ImapServer(Protocol):
     def add_user(self, name: str, password: str) -> None: ...
     def client(self, user: str) -> contextlib.AbstractContextManager[IMAPClient]: ...
     def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None: ...
+    def uids(self, user: str, folder: str = "INBOX") -> list[int]: ...
     def deliver_maildir(self, user: str, messages: Iterable[bytes]) -> int: ...
     def recreate_folder(self, user: str, folder: str) -> None: ...
     def stop(self) -> None: ...
@@ -150,6 +150,12 @@ class _ImapUsers:
         finally:
             with contextlib.suppress(Exception):
                 client.logout()
+
+    def uids(self, user: str, folder: str = "INBOX") -> list[int]:
+        """The UIDs ``folder`` holds now, ascending."""
+        with self.client(user) as client:
+            client.select_folder(folder, readonly=True)
+            return sorted(client.search("ALL"))
 
     def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
         """APPEND one message to ``folder`` (created when missing)."""
@@ -403,9 +409,7 @@ class PymapServer(_ImapUsers):
         name, password = self.user
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "pymap",
+                shutil.which("pymap") or "pymap",
                 "--host",
                 HOST,
                 "--port",
@@ -454,9 +458,11 @@ class PymapServer(_ImapUsers):
 
 @contextlib.contextmanager
 def imap_server(parent: Path | None = None) -> Iterator[ImapServer]:
-    """Dovecot when installed; else pymap, except in CI (``CI=true``) where Dovecot is required."""
+    """Dovecot when installed; else pymap, except in CI (``CI=true``) where Dovecot is required.
+
+    ``MT_TEST_IMAP_SERVER=pymap`` forces pymap (to exercise the fallback)."""
     dovecot_installed = shutil.which("dovecot") is not None or Path("/usr/sbin/dovecot").exists()
-    if dovecot_installed:
+    if dovecot_installed and os.environ.get("MT_TEST_IMAP_SERVER") != "pymap":
         with DovecotServer.running_in(parent) as dovecot:
             yield dovecot
         return

@@ -216,12 +216,12 @@ def test_kill_9_during_poll_loses_and_duplicates_nothing(
         )
         sources = session.scalar(select(func.count()).select_from(CaseSource))
         state = session.get(MailboxState, load_config(config).mailboxes[0].name)
-    assert sorted(uids) == list(range(1, total + 1))
+    assert sorted(uids) == dovecot.uids(CDC) and len(uids) == total
     assert len(set(message_ids)) == total
     assert unprocessed == 0
     assert count(db, Case) == total
     assert sources == total
-    assert state is not None and state.last_uid == total
+    assert state is not None and state.last_uid == max(uids)
 
 
 # -- UIDVALIDITY ----------------------------------------------------------------------------
@@ -234,6 +234,8 @@ def test_a_changed_uidvalidity_duplicates_nothing(
     database: Callable[[Path], Database],
     folder: str,
 ) -> None:
+    if folder == "INBOX" and dovecot.name != "dovecot":
+        pytest.skip("only Dovecot lets the tests recreate the INBOX")
     config = make_config({"cdc": [CDC]}, folder=folder)
     for number in range(5):
         dovecot.append(CDC, notification(number), folder=folder)
@@ -242,7 +244,7 @@ def test_a_changed_uidvalidity_duplicates_nothing(
     name = load_config(config).mailboxes[0].name
     with db.session(read_only=True) as session:
         first = session.get(MailboxState, name)
-        assert first is not None and first.last_uid == 5
+        assert first is not None and first.last_uid == dovecot.uids(CDC, folder)[-1]
         old_validity = first.uidvalidity
     dovecot.recreate_folder(CDC, folder)
     for number in (5, 0, 2, 4, 1, 3):  # one new message first, the others in a new order
@@ -250,7 +252,8 @@ def test_a_changed_uidvalidity_duplicates_nothing(
     poll_once(config)
     with db.session(read_only=True) as session:
         state = session.get(MailboxState, name)
-        assert state is not None and state.uidvalidity != old_validity and state.last_uid == 6
+        assert state is not None and state.uidvalidity != old_validity
+        assert state.last_uid == dovecot.uids(CDC, folder)[-1]
     assert count(db, Message) == 6
     assert sorted(case["report"]["report_id"] for case in cases_json(config)) == [
         report_id(number) for number in range(6)
@@ -287,7 +290,7 @@ def test_mail_that_cannot_be_understood_is_quarantined_and_the_poll_carries_on(
     db = database(config)
     with db.session(read_only=True) as session:
         messages = list(session.scalars(select(Message).order_by(Message.uid)))
-    assert [message.uid for message in messages] == [1, 2, 3, 4]
+    assert [message.uid for message in messages] == dovecot.uids(CDC)
     assert [message.quarantined for message in messages] == [False, True, True, False]
     assert all(message.raw is not None and message.error for message in messages[1:3])
     assert [case["report"]["report_id"] for case in cases_json(config)] == [
@@ -401,6 +404,8 @@ def test_the_server_going_away_mid_poll_is_retried_with_backoff_and_recovers(
     database: Callable[[Path], Database],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if dovecot.name != "dovecot":
+        pytest.skip("pymap keeps its mail in memory: a restart empties it")
     total = 1500
     config_path = make_config({"cdc": [CDC]}, idle=True, poll_every="1h")
     dovecot.deliver_maildir(CDC, (notification(number) for number in range(total)))
@@ -427,7 +432,7 @@ def test_the_server_going_away_mid_poll_is_retried_with_backoff_and_recovers(
     assert len(failures) >= 2 and all(r.levelno == logging.ERROR for r in failures)
     with db.session(read_only=True) as session:
         uids = list(session.scalars(select(Message.uid)))
-    assert sorted(uids) == list(range(1, total + 2))
+    assert sorted(uids) == dovecot.uids(CDC) and len(uids) == total + 1
 
 
 def test_poll_once_fails_clearly_when_the_server_is_down(
