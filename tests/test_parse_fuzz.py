@@ -52,8 +52,11 @@ def test_arbitrary_bytes(raw: bytes) -> None:
 @FUZZ
 @given(st.text(max_size=2000))
 def test_arbitrary_text_with_headers(body: str) -> None:
-    check(("Content-Type: multipart/mixed; boundary=x\r\nSubject: =?x?q?" + body).encode(
-        "utf-8", "surrogatepass"))
+    check(
+        ("Content-Type: multipart/mixed; boundary=x\r\nSubject: =?x?q?" + body).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
 
 
 @st.composite
@@ -68,11 +71,23 @@ def mutated_samples(draw: st.DrawFn) -> bytes:
         elif operation == "truncate":
             del buffer[position:]
         elif operation == "insert":
-            buffer[position:position] = draw(st.binary(min_size=1, max_size=64) | st.sampled_from(
-                [b"\r\n--", b"\n\n", b"=?utf-8?b?", b"Content-Type: multipart/mixed;", b"=\n",
-                 b"\xff\xfe", b"<table><tr><td>", b"H\xe1\xbb\x8d t\xc3\xaan: "]))
+            buffer[position:position] = draw(
+                st.binary(min_size=1, max_size=64)
+                | st.sampled_from(
+                    [
+                        b"\r\n--",
+                        b"\n\n",
+                        b"=?utf-8?b?",
+                        b"Content-Type: multipart/mixed;",
+                        b"=\n",
+                        b"\xff\xfe",
+                        b"<table><tr><td>",
+                        b"H\xe1\xbb\x8d t\xc3\xaan: ",
+                    ]
+                )
+            )
         elif buffer:
-            del buffer[position:position + draw(st.integers(1, 256))]
+            del buffer[position : position + draw(st.integers(1, 256))]
     return bytes(buffer)
 
 
@@ -88,8 +103,13 @@ def test_deeply_nested_multipart_finishes_fast() -> None:
     lines = ["From: a@example.org", "Subject: nested", "MIME-Version: 1.0"]
     for level in range(depth):
         lines += [f'Content-Type: multipart/mixed; boundary="b{level}"', "", f"--b{level}"]
-    lines += ["Content-Type: text/plain; charset=utf-8", "", "Họ và tên: Nguyễn Văn An",
-              "Số điện thoại: 0905123456", ""]
+    lines += [
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        "Họ và tên: Nguyễn Văn An",
+        "Số điện thoại: 0905123456",
+        "",
+    ]
     for level in reversed(range(depth)):
         lines.append(f"--b{level}--")
     parsed = check("\r\n".join(lines).encode("utf-8"))
@@ -125,17 +145,21 @@ def _mail_with_attachment(name: str, content_type: str, data: bytes) -> bytes:
         b"From: epi@example.org\r\nSubject: danh sach\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n--zz\r\n'
         b"Content-Type: text/plain\r\n\r\nxem file\r\n--zz\r\n"
-        + f'Content-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n'
-          f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'.encode()
-        + encoded + b"\r\n--zz--\r\n"
+        + f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'.encode()
+        + encoded
+        + b"\r\n--zz--\r\n"
     )
 
 
 def test_zip_bomb_xlsx_is_refused_fast() -> None:
     bomb = _zip_bomb_xlsx()
     assert len(bomb) < 2_000_000
-    parsed = check(_mail_with_attachment(
-        "ds.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", bomb))
+    parsed = check(
+        _mail_with_attachment(
+            "ds.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", bomb
+        )
+    )
     assert parsed.kind == "unknown"
     assert parsed.error and "xlsx" in parsed.error
 

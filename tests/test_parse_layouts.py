@@ -67,8 +67,9 @@ def cp1258_form(text: str) -> str:
     return "".join(out)
 
 
-def mail(subject: str = "[Sức khỏe Việt Nam] Thông báo", sender: str = APP,
-         **headers: str) -> EmailMessage:
+def mail(
+    subject: str = "[Sức khỏe Việt Nam] Thông báo", sender: str = APP, **headers: str
+) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = "cdc-inbox@example.org"
@@ -98,9 +99,14 @@ def test_other_labels_in_another_order() -> None:
 
 def test_nfd_unaccented_and_bulleted_labels() -> None:
     text = "\n".join(
-        "- " + (line.split(":")[0].upper() if index % 2 else
-                unicodedata.normalize("NFD", line.split(":")[0]))
-        + ":" + line.split(":", 1)[1]
+        "- "
+        + (
+            line.split(":")[0].upper()
+            if index % 2
+            else unicodedata.normalize("NFD", line.split(":")[0])
+        )
+        + ":"
+        + line.split(":", 1)[1]
         for index, line in enumerate(LINES.splitlines()[2:-2])
     )
     message = mail()
@@ -118,8 +124,10 @@ def test_charsets_and_transfer_encodings(charset: str, cte: str) -> None:
 
 @pytest.mark.parametrize("encoding", ["utf-8", "cp1258"])
 def test_eight_bit_without_charset(encoding: str) -> None:
-    head = (b"From: thongbao@suckhoetoandan.vn\r\nSubject: tb\r\nMIME-Version: 1.0\r\n"
-            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+    head = (
+        b"From: thongbao@suckhoetoandan.vn\r\nSubject: tb\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    )
     assert only_report(parse_message(head + cp1258_form(LINES).encode(encoding))) == EXPECTED
 
 
@@ -128,7 +136,8 @@ def test_two_people_as_label_blocks() -> None:
     message.set_content("Họ và tên: A Một\nSĐT: 0905000001\n\nHọ và tên: B Hai\nSĐT: 0905000002\n")
     parsed = parse(message)
     assert [(r.full_name, r.phone) for r in parsed.reports] == [
-        ("A Một", "0905000001"), ("B Hai", "0905000002"),
+        ("A Một", "0905000001"),
+        ("B Hai", "0905000002"),
     ]
 
 
@@ -164,35 +173,107 @@ def test_two_column_html_table_with_extra_column(label_tag: str) -> None:
 
 
 def test_html_labelled_lines_without_table_or_plain_part() -> None:
-    html = "<div>" + "<br>".join(
-        f"<b>{line.split(':')[0]}:</b>{line.split(':', 1)[1]}" if ":" in line else line
-        for line in LINES.splitlines()
-    ) + "</div>"
+    html = (
+        "<div>"
+        + "<br>".join(
+            f"<b>{line.split(':')[0]}:</b>{line.split(':', 1)[1]}" if ":" in line else line
+            for line in LINES.splitlines()
+        )
+        + "</div>"
+    )
     message = mail()
     message.set_content(html, subtype="html")
     assert only_report(parse(message)) == EXPECTED
 
 
-HEADER = ["STT", "Mã hồ sơ", "Ho va ten", "SĐT", "Email", "Năm sinh", "Giới tính",
-          "Địa chỉ", "Phường/Xã", "Huyện/Thành phố", "Tỉnh/Thành phố", "Biểu hiện",
-          "Tiền sử tiếp xúc", "Về từ vùng dịch", "Ngày nhập cảnh", "Thời gian khai báo",
-          "Mức độ nguy cơ"]
+HEADER = [
+    "STT",
+    "Mã hồ sơ",
+    "Ho va ten",
+    "SĐT",
+    "Email",
+    "Năm sinh",
+    "Giới tính",
+    "Địa chỉ",
+    "Phường/Xã",
+    "Huyện/Thành phố",
+    "Tỉnh/Thành phố",
+    "Biểu hiện",
+    "Tiền sử tiếp xúc",
+    "Về từ vùng dịch",
+    "Ngày nhập cảnh",
+    "Thời gian khai báo",
+    "Mức độ nguy cơ",
+]
 ROWS = [
-    ["1", "A-1", "Nguyễn Văn An", "0905 123 456", "an@example.com", "1985", "Nam",
-     "Thôn 1", "xã Tịnh Khê", "TP Quảng Ngãi", "Quảng Ngãi", "Không", "", "Vũ Hán",
-     "08/02/2020", "12/02/2020 10:00", ""],
-    ["2", "A-2", "Lê Thị Mai", "84356781204", "", "1991", "Nữ", "Tổ 7", "Phường Chánh Lộ",
-     "", "", "ho, sốt", "F1 của ca bệnh", "", "", "12/02/2020", "Thấp"],
+    [
+        "1",
+        "A-1",
+        "Nguyễn Văn An",
+        "0905 123 456",
+        "an@example.com",
+        "1985",
+        "Nam",
+        "Thôn 1",
+        "xã Tịnh Khê",
+        "TP Quảng Ngãi",
+        "Quảng Ngãi",
+        "Không",
+        "",
+        "Vũ Hán",
+        "08/02/2020",
+        "12/02/2020 10:00",
+        "",
+    ],
+    [
+        "2",
+        "A-2",
+        "Lê Thị Mai",
+        "84356781204",
+        "",
+        "1991",
+        "Nữ",
+        "Tổ 7",
+        "Phường Chánh Lộ",
+        "",
+        "",
+        "ho, sốt",
+        "F1 của ca bệnh",
+        "",
+        "",
+        "12/02/2020",
+        "Thấp",
+    ],
 ]
 EXPECTED_ROWS = [
-    Report(full_name="Nguyễn Văn An", phone="0905123456", birth_year=1985, gender="male",
-           address="Thôn 1", commune="Tịnh Khê", district="Quảng Ngãi", province="Quảng Ngãi",
-           came_from="Vũ Hán", arrival_date=dt.date(2020, 2, 8),
-           report_date=dt.date(2020, 2, 12), report_id="A-1", risk="medium"),
-    Report(full_name="Lê Thị Mai", phone="0356781204", birth_year=1991, gender="female",
-           address="Tổ 7", commune="Chánh Lộ", symptoms=("fever", "cough"),
-           contact="F1 của ca bệnh", report_date=dt.date(2020, 2, 12), report_id="A-2",
-           risk="low"),
+    Report(
+        full_name="Nguyễn Văn An",
+        phone="0905123456",
+        birth_year=1985,
+        gender="male",
+        address="Thôn 1",
+        commune="Tịnh Khê",
+        district="Quảng Ngãi",
+        province="Quảng Ngãi",
+        came_from="Vũ Hán",
+        arrival_date=dt.date(2020, 2, 8),
+        report_date=dt.date(2020, 2, 12),
+        report_id="A-1",
+        risk="medium",
+    ),
+    Report(
+        full_name="Lê Thị Mai",
+        phone="0356781204",
+        birth_year=1991,
+        gender="female",
+        address="Tổ 7",
+        commune="Chánh Lộ",
+        symptoms=("fever", "cough"),
+        contact="F1 của ca bệnh",
+        report_date=dt.date(2020, 2, 12),
+        report_id="A-2",
+        risk="low",
+    ),
 ]
 
 
@@ -219,8 +300,7 @@ def test_csv_attachment(delimiter: str, encoding: str) -> None:
     text = cp1258_form(text) if encoding == "cp1258" else text
     message = mail(subject="Danh sách", sender="epi@example.org")
     message.set_content("Gửi danh sách.")
-    message.add_attachment(text.encode(encoding), maintype="text", subtype="csv",
-                           filename="ds.csv")
+    message.add_attachment(text.encode(encoding), maintype="text", subtype="csv", filename="ds.csv")
     assert list(parse(message).reports) == EXPECTED_ROWS
 
 
@@ -240,8 +320,9 @@ def test_xlsx_attachment_with_title_row_dates_and_numbers() -> None:
     workbook.save(buffer)
     message = mail(subject="Fwd: danh sách", sender="epi@example.org")
     message.set_content("File đính kèm.")
-    message.add_attachment(buffer.getvalue(), maintype="application", subtype="octet-stream",
-                           filename="danh sach.xlsx")
+    message.add_attachment(
+        buffer.getvalue(), maintype="application", subtype="octet-stream", filename="danh sach.xlsx"
+    )
     assert list(parse(message).reports) == EXPECTED_ROWS
 
 
@@ -375,7 +456,9 @@ def test_header_facts() -> None:
     assert parsed.message_id == "m1@example.org"
     assert parsed.in_reply_to == ("a@x", "b@y")
     assert parsed.recipients == (
-        "cdc-inbox@example.org", "duty@example.org", "epi@example.org",
+        "cdc-inbox@example.org",
+        "duty@example.org",
+        "epi@example.org",
     )
     assert parsed.date == dt.datetime(2020, 2, 14, 1, 0, tzinfo=dt.UTC)
     assert parsed.error is None
@@ -384,7 +467,10 @@ def test_header_facts() -> None:
 def test_missing_headers_are_none() -> None:
     parsed = parse_message(b"\r\n\r\nHello")
     assert (parsed.kind, parsed.message_id, parsed.sender, parsed.date) == (
-        "unknown", None, None, None,
+        "unknown",
+        None,
+        None,
+        None,
     )
     assert parsed.subject == ""
     assert parsed.recipients == () and parsed.in_reply_to == ()
@@ -407,5 +493,8 @@ def test_value_on_the_line_after_its_label_and_marked_labels() -> None:
     message.set_content(html, subtype="html")
     report = only_report(parse(message))
     assert (report.full_name, report.phone, report.contact, report.came_from) == (
-        "Nguyễn Văn An", "0905123456", None, "Vũ Hán",
+        "Nguyễn Văn An",
+        "0905123456",
+        None,
+        "Vũ Hán",
     )

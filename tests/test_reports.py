@@ -90,8 +90,15 @@ def test_symptoms(text: str, expected: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("Nam", "male"), ("NỮ", "female"), ("nu", "female"), ("Nữ giới", "female"),
-     ("male", "male"), ("khác", None), ("", None)],
+    [
+        ("Nam", "male"),
+        ("NỮ", "female"),
+        ("nu", "female"),
+        ("Nữ giới", "female"),
+        ("male", "male"),
+        ("khác", None),
+        ("", None),
+    ],
 )
 def test_gender(text: str, expected: str | None) -> None:
     assert parse_gender(text) == expected
@@ -99,28 +106,36 @@ def test_gender(text: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("Cao", "high"), ("Trung bình", "medium"), ("THẤP", "low"), ("Nguy cơ cao", "high"),
-     ("high", "high"), ("?", None)],
+    [
+        ("Cao", "high"),
+        ("Trung bình", "medium"),
+        ("THẤP", "low"),
+        ("Nguy cơ cao", "high"),
+        ("high", "high"),
+        ("?", None),
+    ],
 )
 def test_stated_risk(text: str, expected: str | None) -> None:
     assert parse_risk(text) == expected
 
 
 def test_build_report_normalises_every_field() -> None:
-    report = build_report({
-        "full_name": unicodedata.normalize("NFD", "  Đỗ  Thị   Hạnh "),
-        "phone": "+84 348.205.911",
-        "birth_year": "21/04/1999",
-        "gender": "Nữ",
-        "id_number": "051 199 001 276",
-        "address": "Thôn 2, xã Bình Long, huyện Bình Sơn, tỉnh Quảng Ngãi",
-        "symptoms": "Sốt, ho",
-        "came_from": "Vũ Hán,  Trung Quốc",
-        "contact": "",
-        "arrival_date": "10/02/2020",
-        "report_date": "13/02/2020 09:12",
-        "report_id": "SKVN-2020-1",
-    })
+    report = build_report(
+        {
+            "full_name": unicodedata.normalize("NFD", "  Đỗ  Thị   Hạnh "),
+            "phone": "+84 348.205.911",
+            "birth_year": "21/04/1999",
+            "gender": "Nữ",
+            "id_number": "051 199 001 276",
+            "address": "Thôn 2, xã Bình Long, huyện Bình Sơn, tỉnh Quảng Ngãi",
+            "symptoms": "Sốt, ho",
+            "came_from": "Vũ Hán,  Trung Quốc",
+            "contact": "",
+            "arrival_date": "10/02/2020",
+            "report_date": "13/02/2020 09:12",
+            "report_id": "SKVN-2020-1",
+        }
+    )
     assert report == Report(
         full_name="Đỗ Thị Hạnh",
         phone="0348205911",
@@ -142,15 +157,19 @@ def test_build_report_normalises_every_field() -> None:
 
 
 def test_own_place_fields_win_over_address() -> None:
-    report = build_report({
-        "full_name": "A",
-        "address": "Thôn 1, xã Tịnh Hà, huyện Sơn Tịnh, tỉnh Quảng Ngãi",
-        "commune": "Phường Trần Phú",
-        "district": "TP Quảng Ngãi",
-    })
+    report = build_report(
+        {
+            "full_name": "A",
+            "address": "Thôn 1, xã Tịnh Hà, huyện Sơn Tịnh, tỉnh Quảng Ngãi",
+            "commune": "Phường Trần Phú",
+            "district": "TP Quảng Ngãi",
+        }
+    )
     assert report is not None
     assert (report.commune, report.district, report.province) == (
-        "Trần Phú", "Quảng Ngãi", "Quảng Ngãi",
+        "Trần Phú",
+        "Quảng Ngãi",
+        "Quảng Ngãi",
     )
 
 
@@ -191,7 +210,13 @@ def test_nothing_identifying_gives_no_report(fields: dict[str, str]) -> None:
 
 
 def test_report_json_round_trip() -> None:
-    report = build_report({"full_name": "Lê Thị Mai", "arrival_date": "09/02/2020",
-                           "symptoms": "ho", "came_from": "Quảng Châu"})
+    report = build_report(
+        {
+            "full_name": "Lê Thị Mai",
+            "arrival_date": "09/02/2020",
+            "symptoms": "ho",
+            "came_from": "Quảng Châu",
+        }
+    )
     assert report is not None
     assert Report.from_json(report.to_json()) == report

@@ -48,8 +48,14 @@ def test_parse_date_is_day_first(text: str, expected: dt.date | None) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1985", 1985), ("21/04/1995", 1995), ("sinh năm 1969", 1969), ("1995-04-21", 1995),
-     ("khoảng 40 tuổi", None), ("", None)],
+    [
+        ("1985", 1985),
+        ("21/04/1995", 1995),
+        ("sinh năm 1969", 1969),
+        ("1995-04-21", 1995),
+        ("khoảng 40 tuổi", None),
+        ("", None),
+    ],
 )
 def test_parse_year(text: str, expected: int | None) -> None:
     assert parse_year(text) == expected
@@ -103,33 +109,42 @@ def test_strip_admin(text: str, expected: str | None) -> None:
 
 def test_split_address_full() -> None:
     assert split_address("Thôn 1, xã Tịnh Hà, huyện Sơn Tịnh, tỉnh Quảng Ngãi") == {
-        "commune": "Tịnh Hà", "district": "Sơn Tịnh", "province": "Quảng Ngãi",
+        "commune": "Tịnh Hà",
+        "district": "Sơn Tịnh",
+        "province": "Quảng Ngãi",
     }
 
 
 def test_split_address_city_is_district_before_province() -> None:
     assert split_address("Tổ 12, phường Nghĩa Chánh, TP Quảng Ngãi, tỉnh Quảng Ngãi") == {
-        "commune": "Nghĩa Chánh", "district": "Quảng Ngãi", "province": "Quảng Ngãi",
+        "commune": "Nghĩa Chánh",
+        "district": "Quảng Ngãi",
+        "province": "Quảng Ngãi",
     }
 
 
 def test_split_address_city_after_district_is_province() -> None:
     assert split_address("12 Lê Lợi, phường Bến Nghé, quận 1, thành phố Hồ Chí Minh") == {
-        "commune": "Bến Nghé", "district": "quận 1", "province": "Hồ Chí Minh",
+        "commune": "Bến Nghé",
+        "district": "quận 1",
+        "province": "Hồ Chí Minh",
     }
 
 
 def test_split_address_central_city_alone_is_province() -> None:
     assert split_address("phường Hải Châu 1, TP Đà Nẵng") == {
-        "commune": "Hải Châu 1", "province": "Đà Nẵng",
+        "commune": "Hải Châu 1",
+        "province": "Đà Nẵng",
     }
 
 
 def test_split_address_missing_levels_and_tinh_names() -> None:
     assert split_address("Thôn Đồng Ren, xã Sơn Dung, huyện Sơn Tây") == {
-        "commune": "Sơn Dung", "district": "Sơn Tây",
+        "commune": "Sơn Dung",
+        "district": "Sơn Tây",
     }
     assert split_address("Thôn 5, Tịnh Khê, Sơn Tịnh") == {}
     assert split_address("Thôn 3 - xã Bình Trị - huyện Bình Sơn") == {
-        "commune": "Bình Trị", "district": "Bình Sơn",
+        "commune": "Bình Trị",
+        "district": "Bình Sơn",
     }

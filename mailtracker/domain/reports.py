@@ -168,10 +168,24 @@ def field_for_label(label: str) -> str | None:
 
 # --- value normalisers -----------------------------------------------------------------------
 
-_NONE_WORDS = frozenset({
-    "", "-", "--", "x", "khong", "khong co", "khong ro", "chua", "khong tiep xuc",
-    "none", "no", "n/a", "na", "null",
-})
+_NONE_WORDS = frozenset(
+    {
+        "",
+        "-",
+        "--",
+        "x",
+        "khong",
+        "khong co",
+        "khong ro",
+        "chua",
+        "khong tiep xuc",
+        "none",
+        "no",
+        "n/a",
+        "na",
+        "null",
+    }
+)
 
 _SYMPTOM_WORDS: dict[str, tuple[str, ...]] = {  # regular expressions over folded text
     "fever": ("sot", "fever"),

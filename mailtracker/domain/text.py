@@ -88,8 +88,9 @@ def normalise_phone(text: str) -> str | None:
         national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
         return re.sub(r"\D", "", national)
     if number.country_code != 84 and phonenumbers.is_valid_number(number):
-        return re.sub(r"\D", "", phonenumbers.format_number(
-            number, phonenumbers.PhoneNumberFormat.E164))
+        return re.sub(
+            r"\D", "", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        )
     return digits or None
 
 
@@ -131,12 +132,12 @@ def _split_admin(name: str) -> tuple[str | None, str]:
         if lowered.startswith(word) and (
             len(text) == len(word) or not text[len(word)].isalnum() or word.endswith(".")
         ):
-            rest = text[len(word):].lstrip(" .:-")
+            rest = text[len(word) :].lstrip(" .:-")
             if rest:
                 return level or "city", rest
     for word, level in _ASCII_ADMIN_WORDS:
         if text.startswith(word + " "):
-            rest = text[len(word):].strip()
+            rest = text[len(word) :].strip()
             if rest:
                 return level or "city", rest
     return None, text

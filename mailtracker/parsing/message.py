@@ -49,10 +49,12 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_TABLE_BYTES = 10_000_000
 MAX_REPORTS = 5000
 
-_XLSX_TYPES = frozenset({
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "application/vnd.ms-excel.sheet.macroenabled.12",
-})
+_XLSX_TYPES = frozenset(
+    {
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.ms-excel.sheet.macroenabled.12",
+    }
+)
 _CSV_TYPES = frozenset({"text/csv", "text/comma-separated-values", "application/csv"})
 _MARKERS = ("tra loi phia tren dong nay", "reply above this line")
 _REPLY_SUBJECT = re.compile(
@@ -188,7 +190,8 @@ def _received_date(message: Message) -> dt.datetime | None:
 def _is_bounce(message: Message, scan: _Walk, sender: str | None) -> bool:
     report_type = (message.get_param("report-type") or "") if message.is_multipart() else ""
     if message.get_content_type() == "multipart/report" and fold(str(report_type)) in {
-        "delivery-status", "disposition-notification",
+        "delivery-status",
+        "disposition-notification",
     }:
         return True
     if scan.delivery_status:
