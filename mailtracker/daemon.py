@@ -32,7 +32,7 @@ from mailtracker.config import Config
 from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
 from mailtracker.mail.outbox import OutboxSender
-from mailtracker.services.alerts import queue_high_risk_alerts
+from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
 from mailtracker.services.replies import ReplyService
@@ -73,7 +73,9 @@ class AlertingIngestor(Ingestor):
         *,
         reply_handler: ReplyHandler | None = None,
     ) -> None:
-        super().__init__(db, config, reply_handler=reply_handler)
+        super().__init__(
+            db, config, reply_handler=reply_handler, case_handler=HighRiskAlerter(config)
+        )
         self.after_processing = after_processing
 
     def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:

@@ -10,7 +10,9 @@ from types import FrameType
 
 from mailtracker.cli.common import config_from_args
 from mailtracker.mail.imap import DEFAULT_BATCH_SIZE, poll_all_once, start_pollers
+from mailtracker.services.alerts import HighRiskAlerter
 from mailtracker.services.ingest import Ingestor
+from mailtracker.services.replies import ReplyService
 from mailtracker.store.db import open_database
 
 
@@ -49,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
         return 0 if args.once else 2
     database = open_database(config.tracker.database)
     try:
-        ingestor = Ingestor(database, config)
+        ingestor = Ingestor(
+            database,
+            config,
+            reply_handler=ReplyService(config),
+            case_handler=HighRiskAlerter(config),
+        )
         if args.once:
             return report(poll_all_once(config, ingestor, batch_size=args.batch_size))
         stop = threading.Event()

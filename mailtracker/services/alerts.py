@@ -19,7 +19,7 @@ from mailtracker.domain.notices import AlertModel
 from mailtracker.mail.outbox import enqueue
 from mailtracker.render import render_alert
 from mailtracker.services.outgoing import ALERT_TOKEN, compose_for_unit
-from mailtracker.store.models import Case, Followup, OutboxMessage
+from mailtracker.store.models import Case, Followup, Message, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ HIGH_RISK_EVENT = "high_risk"
 HIGH_RISK_WINDOW = dt.timedelta(hours=24)
 """High-risk cases reported longer ago than this are not alerted by the sweep (a backfill
 of old mail must not page anyone)."""
+
+
+def can_alert(config: Config) -> bool:
+    """Whether alerts can be composed at all: an ``[smtp]`` section and a ``secret_key``."""
+    return config.smtp is not None and config.tracker.secret_key is not None
 
 
 def alert_key(case_ref: str, event_key: str) -> str:
@@ -117,6 +122,8 @@ def queue_high_risk_alerts(
 ) -> list[str]:
     """Queue the alert of every open high-risk case opened and reported within ``window``
     that has none yet; the references alerted. Safe to call as often as wanted."""
+    if not can_alert(config):
+        return []
     since = now - window
     candidates = session.scalars(
         select(Case.ref).where(
@@ -140,6 +147,27 @@ def queue_high_risk_alerts(
         if key not in done
         and queue_case_alert(session, config, ref, "high_risk", HIGH_RISK_EVENT, now)
     ]
+
+
+class HighRiskAlerter:
+    """The ``Ingestor`` case hook: queues the alert of a high-risk case in the very
+    transaction that opens or updates it (the sweep stays as the safety net)."""
+
+    def __init__(self, config: Config, *, window: dt.timedelta = HIGH_RISK_WINDOW) -> None:
+        self.config = config
+        self.window = window
+
+    def __call__(
+        self, session: Session, case: Case, message: Message, created: bool, now: dt.datetime
+    ) -> None:
+        if (
+            can_alert(self.config)
+            and case.risk == "high"
+            and case.status != "closed"
+            and case.ref is not None
+            and case.received_at > now - self.window
+        ):
+            queue_case_alert(session, self.config, case.ref, "high_risk", HIGH_RISK_EVENT, now)
 
 
 def _latest_symptoms(session: Session, case: Case) -> Followup | None:
