@@ -18,7 +18,6 @@ from mailtracker.config import Config, config_from_dict, load_config
 from mailtracker.mail.outbox import enqueue
 from mailtracker.services.ingest import Ingestor
 from mailtracker.services.status import (
-    check_logins,
     check_mailbox,
     check_smtp,
     collect_status,
@@ -223,9 +222,27 @@ def test_logins_say_what_failed(
     gone = check_smtp(dataclasses.replace(smtp, port=free_port()))
     assert not gone.ok and "connection refused" in gone.message
 
-    assert check_logins(config) == []  # no [smtp] in this config: only the mailbox
     results = login_results(dataclasses.replace(config, smtp=smtp))
     assert [result.ok for result in results] == [True, True]
-    broken = dataclasses.replace(config, smtp=dataclasses.replace(smtp, port=free_port()))
-    (line,) = check_logins(broken)
-    assert line.startswith(f"SMTP 127.0.0.1:{broken.smtp.port}: connection refused")
+    assert results[1].server == f"SMTP 127.0.0.1:{smtp.port}"
+
+
+@pytest.mark.integration
+def test_check_config_tries_every_login(
+    make_config: MakeConfig,
+    dovecot: ImapServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = make_config(units={"cdc": ["cdc@example.org"]})
+    assert main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "logged in as cdc@example.org; folder INBOX ok" in out
+    assert out.rstrip().endswith("OK (1 unit(s), 1 mailbox(es))")
+
+    monkeypatch.setenv("MT_TEST_IMAP_CDC_0", "wrong-password")
+    assert main(["--config", str(path), "check-config"]) == 1
+    err = capsys.readouterr().err
+    assert "credentials refused" in err and "1 problem(s)" in err
+    assert "wrong-password" not in err
+    assert main(["--config", str(path), "check-config", "--no-login"]) == 0

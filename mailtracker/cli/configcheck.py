@@ -7,11 +7,20 @@ import sys
 
 from mailtracker.cli.common import config_from_args
 from mailtracker.config import Config, ConfigError, Secret
+from mailtracker.services.status import login_results
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "check-config", help="validate the configuration and resolve every secret"
+        "check-config",
+        help="validate the configuration, resolve every secret and try every login",
+        description=(
+            "Validate the configuration, resolve every secret reference, then log in to every "
+            "mailbox and to the SMTP server. Exit 0 when all is well, 1 otherwise."
+        ),
+    )
+    parser.add_argument(
+        "--no-login", action="store_true", help="check the file and secrets only, offline"
     )
     parser.set_defaults(handler=run)
 
@@ -38,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             problems += 1
     where = config.path or "configuration"
+    if not problems and not args.no_login:
+        for result in login_results(config):
+            if result.ok:
+                print(f"{result.server}: {result.message}")
+            else:
+                print(f"error: {result.server}: {result.message}", file=sys.stderr)
+                problems += 1
     if problems:
         print(f"{where}: {problems} problem(s)", file=sys.stderr)
         return 1

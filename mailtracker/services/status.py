@@ -319,10 +319,3 @@ def login_results(
     if config.smtp is not None:
         results.append(smtp_check(config.smtp))
     return results
-
-
-def check_logins(config: Config) -> list[str]:
-    """One line per failed login (``server: what failed``); empty when every login works."""
-    return [
-        f"{result.server}: {result.message}" for result in login_results(config) if not result.ok
-    ]
