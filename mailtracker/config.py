@@ -559,8 +559,6 @@ class _Reader:
                 "is required when a unit has staff: replies are accepted only with signed "
                 'tokens (e.g. secret_key = "env:MAILTRACKER_SECRET")',
             )
-        if smtp is None:
-            self.warn("smtp", "no [smtp] section: digests and acknowledgements cannot be sent")
         return Config(self.path, tracker, smtp, rules, units, tuple(self.warnings))
 
     def tracker(self, table: Mapping[str, Any]) -> TrackerSettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import mailbox
+import os
 import re
 import subprocess
 import sys
@@ -222,3 +223,24 @@ def test_the_installed_command_prints_json(
     )
     assert result.returncode == 0, result.stderr
     assert [case["ref"] for case in json.loads(result.stdout)] == ["QN-0001", "QN-0002"]
+
+
+def test_output_cut_short_by_the_reader_is_no_crash(
+    config_file: Path, mail_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config_file, capsys, "import", str(mail_dir))[0] == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte (``cases | head``)
+    try:
+        writer = subprocess.run(
+            [sys.executable, "-m", "mailtracker", "--config", str(config_file), "cases", "--json"],
+            cwd=config_file.parent,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert writer.returncode == 1
+    assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr

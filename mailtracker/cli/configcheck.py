@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if config.smtp is None:
+        print(
+            "note: no [smtp] section: digests, alerts and acknowledgements cannot be sent",
+            file=sys.stderr,
+        )
     problems = 0
     for secret in secrets(config):
         try:
