@@ -244,3 +244,40 @@ def test_output_cut_short_by_the_reader_is_no_crash(
         os.close(write_end)
     assert writer.returncode == 1
     assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr
+
+
+def test_db_copy_moves_every_case_and_its_history(
+    config_file: Path, mail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config_file, capsys, "import", str(mail_dir))[0] == 0
+    assert (
+        run(config_file, capsys, "apply", "--as", "staff@cdc.example.org", "QN-0001 monitor")[0]
+        == 0
+    )
+    before = run_json(config_file, capsys, "cases")
+    history = run_json(config_file, capsys, "case", "QN-0001")["history"]
+    target = f"sqlite:///{tmp_path / 'moved.db'}"
+
+    status, out = run(config_file, capsys, "db", "copy", "--to", target)
+    assert status == 0
+    assert "cases: 2 row(s)" in out and "messages: 3 row(s)" in out
+
+    moved = tmp_path / "moved.toml"
+    moved.write_text(
+        config_file.read_text(encoding="utf-8").replace("sqlite:///tracker.db", target),
+        encoding="utf-8",
+    )
+    assert run_json(moved, capsys, "cases") == before
+    assert run_json(moved, capsys, "case", "QN-0001")["history"] == history
+    later = mail_dir / "4.eml"
+    later.write_bytes(notification(report_id="SKVN-4", name="Đỗ Thị Lan", phone="0913000004"))
+    assert run(moved, capsys, "import", str(later))[0] == 0
+    assert [case["ref"] for case in run_json(moved, capsys, "cases")] == [
+        "QN-0001",
+        "QN-0002",
+        "QN-0003",
+    ]
+
+    status = main(["--config", str(config_file), "db", "copy", "--to", target])
+    assert status == 1
+    assert "already has rows" in capsys.readouterr().err
