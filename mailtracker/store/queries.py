@@ -99,7 +99,7 @@ def find_case(session: Session, ref: str) -> Case | None:
 
 
 def _timestamp(value: dt.datetime | None, tz: ZoneInfo) -> str | None:
-    return value.astimezone(tz).isoformat() if value is not None else None
+    return value.astimezone(tz).isoformat(timespec="seconds") if value is not None else None
 
 
 def _date(value: dt.date | None) -> str | None:
