@@ -28,6 +28,9 @@ def fold(text: str) -> str:
 _ISO_DATE = re.compile(r"(?<!\d)(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?!\d)")
 _DAY_FIRST = re.compile(r"(?<!\d)(\d{1,2})\s*[-/.]\s*(\d{1,2})\s*[-/.]\s*(\d{4})(?!\d)")
 _WORDY = re.compile(r"(?<!\d)(\d{1,2})\s+thang\s+(\d{1,2})\s*(?:nam|,|/|-)?\s*(\d{4})(?!\d)")
+_DAY_FIRST_SHORT = re.compile(r"(?<![\d.])(\d{1,2})\s*([-/.])\s*(\d{1,2})\s*\2\s*(\d{2})(?![\d.])")
+_CENTURY_PIVOT = 70
+"""A two-digit year below this is 20yy, else 19yy (as POSIX ``strptime %y``)."""
 _YEAR = re.compile(r"(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)")
 
 
@@ -42,7 +45,8 @@ def parse_date(text: str) -> dt.date | None:
     """The first date in ``text``, read day first.
 
     Accepts ``12/02/2020``, ``12-02-2020``, ``12.02.2020``, ``2020-02-12`` (ISO),
-    ``ngày 12 tháng 02 năm 2020``, with anything (a time, a weekday) around it.
+    ``ngày 12 tháng 02 năm 2020``, with anything (a time, a weekday) around it; a
+    two-digit year (``12/02/20``) only when no four-digit one is there.
     """
     folded = fold(text)
     candidates: list[tuple[int, dt.date | None]] = []
@@ -53,7 +57,15 @@ def parse_date(text: str) -> dt.date | None:
     for match in _WORDY.finditer(folded):
         candidates.append((match.start(), _date(match[3], match[2], match[1])))
     valid = sorted((pos, day) for pos, day in candidates if day is not None)
-    return valid[0][1] if valid else None
+    if valid:
+        return valid[0][1]
+    for match in _DAY_FIRST_SHORT.finditer(folded):
+        short = int(match[4])
+        year = 2000 + short if short < _CENTURY_PIVOT else 1900 + short
+        day = _date(str(year), match[3], match[1])
+        if day is not None:
+            return day
+    return None
 
 
 def parse_year(text: str) -> int | None:
