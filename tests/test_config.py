@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from mailtracker.cli import main
 from mailtracker.config import (
     Config,
     ConfigError,
@@ -928,6 +929,20 @@ def test_example_config_loads_and_every_secret_resolves_from_the_environment() -
     assert len(secrets) == 4
     assert all(secret.source.startswith(("env:", "file:")) for secret in secrets)
     assert sorted(secret.reveal() for secret in secrets) == sorted(EXAMPLE_ENV.values())
+
+
+def test_check_config_on_the_example_offline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--config", str(EXAMPLE), "check-config", "--no-login"]) == 0
+    assert capsys.readouterr().out.endswith(": OK (2 unit(s), 2 mailbox(es))\n")
+    monkeypatch.delenv("CDC_IMAP_PASSWORD")
+    assert main(["--config", str(EXAMPLE), "check-config", "--no-login"]) == 1
+    err = capsys.readouterr().err
+    assert "units[0].mailboxes[0].password" in err and "CDC_IMAP_PASSWORD" in err
+    assert "1 problem(s)" in err
 
 
 def test_example_config_holds_every_contract_key() -> None:
