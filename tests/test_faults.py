@@ -12,12 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_support import (
@@ -29,12 +32,19 @@ from fault_support import (
     wait_until,
     write_config,
 )
-from mailgen import notification, report_id
+from mailgen import notification, person_name, phone, report_id
+from reply_support import make_config as make_reply_config
 from reply_support import reply
 from servers import ImapServer
 from smtp_capture import Captured, SmtpCapture
 from sqlalchemy import func, select
+from store_support import notification as low_risk_notification
 
+from mailtracker.config import load_config
+from mailtracker.daemon import Daemon as DaemonService
+from mailtracker.mail.outbox import enqueue
+from mailtracker.services.ingest import Ingestor
+from mailtracker.services.replies import ReplyService
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Message, OutboxMessage
 
@@ -150,3 +160,278 @@ def _acks_queued(db: Database) -> int:
     with db.session(read_only=True) as session:
         statement = select(func.count()).select_from(OutboxMessage)
         return session.scalar(statement.where(OutboxMessage.dedup_key.startswith("ack:"))) or 0
+
+
+# -- the IMAP server going away mid-fetch ------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_imap_server_stopped_and_restarted_mid_fetch(
+    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[Daemon]
+) -> None:
+    if dovecot.name != "dovecot":
+        pytest.skip("pymap keeps its mail in memory: a restart empties it")
+    total = 2000
+    config, env = write_config(tmp_path, dovecot, smtp_server.port)
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    mail = [
+        low_risk_notification(
+            name=person_name(n), phone=phone(n), report_id=report_id(n), symptoms="Không"
+        )
+        for n in range(total)
+    ]
+    dovecot.deliver_maildir(INBOX, mail)
+    daemon = Daemon(config, env, tmp_path / "run.log")
+    daemons.append(daemon)
+    assert wait_until(lambda: (tmp_path / "tracker.db").exists(), 30)
+    db = open_database(url)
+    try:
+        deadline = time.monotonic() + 60
+        while count(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dovecot.stop()  # the next batch's FETCH is under way
+        at_outage = count(db)
+        assert 0 < at_outage < total, at_outage
+        assert wait_until(lambda: "reconnecting in" in daemon.text(), 20), daemon.text()[-2000:]
+        time.sleep(2)  # a few failed reconnections
+        assert daemon.alive()
+        dovecot.start()
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == total, 90), (
+            count(db),
+            daemon.text()[-2000:],
+        )
+        late = fresh(notification(total, to=INBOX))
+        dovecot.append(INBOX, late)
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == total + 1, 30)
+        assert wait_until(lambda: len(alerts(smtp_server.messages)) == 1, 30)
+        time.sleep(1)
+    finally:
+        db.dispose()
+    assert daemon.stop() == 0
+    delivered = [outgoing_id(raw) or "" for raw in [*mail, late]]
+    expected = Expected(
+        delivered=delivered, report_ids=[report_id(n) for n in range(total + 1)], replies={}
+    )
+    assert check_invariants(url, smtp_server.messages, expected) == []
+
+
+# -- the SMTP server refusing and disappearing -------------------------------------------------
+
+
+class RefusingSmtp(SmtpCapture):
+    """The capture server answering ``answer`` to the DATA of messages containing ``only``
+    (every message when ``only`` is empty) instead of accepting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer: str | None = None
+        self.only = b""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.answer is not None and self.only in bytes(envelope.content):
+            return self.answer
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def refusing_smtp() -> Iterator[RefusingSmtp]:
+    server = RefusingSmtp()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_smtp_refusing_4xx_5xx_and_disappearing(
+    tmp_path: Path,
+    dovecot: ImapServer,
+    refusing_smtp: RefusingSmtp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config_path, env = write_config(tmp_path, dovecot, refusing_smtp.port)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(config_path)
+    url = str(config.tracker.database)
+    db = open_database(url)
+    now = [dt.datetime.now(dt.UTC)]
+    daemon = DaemonService(config, db, clock=lambda: now[0], reply_handler=ReplyService(config))
+    try:
+        first = [fresh(notification(n, to=INBOX)) for n in range(3)]
+        daemon.ingestor.import_messages(
+            "cdc", [(str(n), r) for n, r in enumerate(first)], now=now[0]
+        )
+        daemon.ingestor.process_pending(now=now[0])
+        assert daemon.catch_up() == ["cdc"]
+
+        refusing_smtp.answer = "451 4.3.0 Try again later"
+        daemon.flush_outbox()
+        assert refusing_smtp.messages == []
+        rows = outbox_rows(db)
+        assert len(rows) == 4
+        assert all(
+            r.sent_at is None and r.next_attempt_at and "451" in (r.last_error or "") for r in rows
+        )
+        assert check_invariants(url, refusing_smtp.messages) == []
+
+        # The digest is refused for good; the alerts go through once.
+        refusing_smtp.answer, refusing_smtp.only = "554 5.7.1 Refused", b"Message-ID: <t.d."
+        now[0] += dt.timedelta(hours=2)
+        daemon.flush_outbox()
+        assert len(alerts(refusing_smtp.messages)) == 3
+        digest = next(r for r in outbox_rows(db) if r.dedup_key.startswith("digest:"))
+        assert digest.sent_at is None and digest.next_attempt_at is None
+        assert "permanent failure" in (digest.last_error or "") and "554" in (
+            digest.last_error or ""
+        )
+
+        # The server disappears: the new alert waits, and goes once the server is back.
+        refusing_smtp.answer = None
+        later = fresh(notification(3, to=INBOX))
+        daemon.ingestor.import_messages("cdc", [("3", later)], now=now[0])
+        daemon.ingestor.process_pending(now=now[0])
+        refusing_smtp.stop()
+        daemon.flush_outbox()
+        waiting = [r for r in outbox_rows(db) if r.sent_at is None and r.next_attempt_at]
+        assert len(waiting) == 1 and waiting[0].last_error
+        refusing_smtp.start()
+        now[0] += dt.timedelta(hours=2)
+        daemon.flush_outbox()
+        daemon.flush_outbox()
+        assert len(alerts(refusing_smtp.messages)) == 4
+    finally:
+        db.dispose()
+    expected = Expected(
+        delivered=[outgoing_id(raw) or "" for raw in [*first, later]],
+        report_ids=[report_id(n) for n in range(4)],
+    )
+    assert check_invariants(url, refusing_smtp.messages, expected, allow_failed_sends=True) == []
+    assert check_invariants(url, refusing_smtp.messages, expected) == [
+        f"digest:cdc:{now[0].date().isoformat()} given up: {digest.last_error}"
+    ]
+
+
+def outbox_rows(db: Database) -> list[OutboxMessage]:
+    with db.session(read_only=True) as session:
+        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+# -- the database locked, or unreachable for a while ------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_sqlite_write_lock_held_by_another_process_for_seconds(
+    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[Daemon]
+) -> None:
+    config, env = write_config(tmp_path, dovecot, smtp_server.port)
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    daemon = Daemon(config, env, tmp_path / "run.log")
+    daemons.append(daemon)
+    assert wait_until(lambda: "connected; waiting" in daemon.text(), 30), daemon.text()
+    mail = [fresh(notification(n, to=INBOX)) for n in range(5)]
+    db = open_database(url, upgrade=False)
+    locker = sqlite3.connect(tmp_path / "tracker.db", isolation_level=None, timeout=10)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # another program holding the write lock
+        for raw in mail:
+            dovecot.append(INBOX, raw)
+        time.sleep(5)
+        assert count(db) == 0  # nothing written meanwhile, readers still served
+        assert daemon.alive()
+        locker.execute("COMMIT")
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == 5, 45)
+        assert wait_until(lambda: len(alerts(smtp_server.messages)) == 5, 30)
+    finally:
+        locker.close()
+        db.dispose()
+    assert daemon.stop() == 0
+    expected = Expected(
+        delivered=[outgoing_id(raw) or "" for raw in mail],
+        report_ids=[report_id(n) for n in range(5)],
+    )
+    assert check_invariants(url, smtp_server.messages, expected) == []
+
+
+@pytest.mark.timeout(90)
+def test_database_unreachable_for_longer_than_the_busy_timeout(
+    tmp_path: Path,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every write fails for a while (the lock outlasts a short busy timeout): the pollers
+    and jobs fail, log, back off, and catch up once the database answers again."""
+    monkeypatch.setattr("mailtracker.store.db.SQLITE_BUSY_TIMEOUT_MS", 200)
+    config_path, env = write_config(tmp_path, dovecot, smtp_server.port)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(config_path)
+    url = str(config.tracker.database)
+    db = open_database(url)
+    caplog.set_level(logging.INFO, logger="mailtracker")
+    daemon = DaemonService(
+        config, db, reply_handler=ReplyService(config), flush_every=dt.timedelta(seconds=1)
+    )
+    mail = [fresh(notification(n, to=INBOX)) for n in range(5)]
+    locker = sqlite3.connect(tmp_path / "tracker.db", isolation_level=None, timeout=10)
+    try:
+        daemon.start()
+        assert wait_until(lambda: "connected; waiting" in caplog.text, 30)
+        locker.execute("BEGIN EXCLUSIVE")
+        for raw in mail:
+            dovecot.append(INBOX, raw)
+        assert wait_until(lambda: "reconnecting in" in caplog.text, 20), caplog.text[-2000:]
+        time.sleep(2)
+        locker.execute("COMMIT")
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == 5, 45)
+        assert wait_until(lambda: len(alerts(smtp_server.messages)) == 5, 30)
+    finally:
+        locker.close()
+        daemon.stop()
+        db.dispose()
+    failures = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert failures and all("OperationalError" in r.getMessage() for r in failures)
+    expected = Expected(
+        delivered=[outgoing_id(raw) or "" for raw in mail],
+        report_ids=[report_id(n) for n in range(5)],
+    )
+    assert check_invariants(url, smtp_server.messages, expected) == []
+
+
+def test_the_checker_reports_each_violation_it_knows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    db = open_database(url)
+    ingestor = Ingestor(db, make_reply_config(url))
+    now = dt.datetime.now(dt.UTC)
+    raw = notification(1)
+    ingestor.import_messages("cdc", [("1", raw)], now=now)
+    sent = b"Message-ID: <sent-twice@example.org>\r\nSubject: x\r\n\r\nbody\r\n"
+    with db.session() as session:
+        enqueue(
+            session, dedup_key="alert:QN-0001:x", recipients=["a@example.org"], raw=sent, now=now
+        )
+        enqueue(session, dedup_key="ack:99", recipients=["a@example.org"], raw=b"\r\n", now=now)
+        for row in session.scalars(select(OutboxMessage)):
+            row.next_attempt_at = None
+            row.sent_at = now if row.dedup_key.startswith("alert") else None
+    db.dispose()
+    twice = [Captured("t@example.org", ("a@example.org",), sent)] * 2
+    expected = Expected(delivered=["report-1@suckhoe.example.vn", "lost@example.org"],
+                        report_ids=[report_id(1)])  # fmt: skip
+    violations = check_invariants(url, twice, expected)
+    assert violations == [
+        "delivered message 'lost@example.org' stored 0x",
+        "message 1 never processed",
+        f"report {report_id(1)!r} gave 0 case(s)",
+        "alert:QN-0001:x sent 2 times",
+        "ack:99 given up: None",
+        "ack:99 given up without an error recorded",
+    ]
+    assert check_invariants(url, [], Expected(), settled=False) == [
+        "alert:QN-0001:x marked sent but never reached the server",
+        "ack:99 given up: None",
+        "ack:99 given up without an error recorded",
+    ]
