@@ -8,11 +8,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from servers import IN_CI, ImapServer, MakeConfig, ServerUnavailable, imap_server
+from servers import (
+    IN_CI,
+    ImapServer,
+    MakeConfig,
+    PostgresCluster,
+    ServerUnavailable,
+    imap_server,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (real servers, bulk)")
+    config.addinivalue_line("markers", "postgresql: runs on the throwaway PostgreSQL cluster")
 
 
 @pytest.fixture
@@ -31,16 +39,27 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, dovecot: ImapServer, monkeypatch: pytest.MonkeyPatch) -> MakeConfig:
+def make_config(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    dovecot: ImapServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> MakeConfig:
     """Write ``config.toml`` whose units' mailboxes live on the ``dovecot`` server.
 
     ``make_config(units={"cdc": ["cdc@example.org"], "soyte": ["soyte@example.org"]})`` creates
     each mailbox user with a random password passed through an ``env:`` secret (so subprocesses
     see it too); the first unit is ``lead``, the others ``member``. Keyword options set every
-    mailbox's ``folder``, ``idle`` and ``poll_every``. Returns the file's path; the SQLite
-    database is ``mailtracker.db`` beside it.
+    mailbox's ``folder``, ``idle`` and ``poll_every``. Returns the file's path. The database is
+    the test's ``database_url`` when the test uses that fixture (so it runs on SQLite and on
+    PostgreSQL), else the SQLite file ``mailtracker.db`` beside the config.
     """
     monkeypatch.setenv("MT_TEST_SECRET", secrets.token_hex(16))
+    database = (
+        request.getfixturevalue("database_url")
+        if "database_url" in request.fixturenames
+        else "sqlite:///mailtracker.db"
+    )
 
     def make(
         units: Mapping[str, Sequence[str]] | None = None,
@@ -53,7 +72,7 @@ def make_config(tmp_path: Path, dovecot: ImapServer, monkeypatch: pytest.MonkeyP
         units = units if units is not None else {"cdc": ["cdc@example.org"]}
         lines = [
             "[tracker]",
-            'database = "sqlite:///mailtracker.db"',
+            f'database = "{database}"',
             'timezone = "Asia/Ho_Chi_Minh"',
             'case_prefix = "QN"',
             'secret_key = "env:MT_TEST_SECRET"',
@@ -112,3 +131,35 @@ def smtp_server() -> Iterator[SmtpCapture]:
         yield server
     finally:
         server.stop()
+
+
+# --- Databases: every store-backed test runs on SQLite and on PostgreSQL --------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole session, started by the first test that
+    needs it. Missing PostgreSQL fails those tests (never skips them): the suite's promise is
+    that it runs on both databases."""
+    try:
+        with PostgresCluster.running() as cluster:
+            yield cluster
+    except ServerUnavailable as error:
+        pytest.fail(f"PostgreSQL test cluster unavailable: {error}", pytrace=False)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for one test: a new SQLite file under ``tmp_path``, or a new
+    database on the session's PostgreSQL cluster (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tracker.db'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = cluster.create_database()
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)

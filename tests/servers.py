@@ -1,8 +1,9 @@
-"""Real IMAP servers for tests: a private Dovecot instance (pymap where Dovecot is absent).
+"""Real servers for tests: a private Dovecot instance (pymap where Dovecot is absent), and a
+throwaway PostgreSQL cluster (:class:`PostgresCluster`).
 
-Both are started from a temporary directory on a free local port and offer the same small
-interface (:class:`ImapServer`): users, APPEND, a fast bulk fill, a folder recreated with a new
-UIDVALIDITY, and stop/start for outage tests.
+Both IMAP servers are started from a temporary directory on a free local port and offer the same
+small interface (:class:`ImapServer`): users, APPEND, a fast bulk fill, a folder recreated with a
+new UIDVALIDITY, and stop/start for outage tests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
 from imapclient import IMAPClient
+from psycopg import sql
 
 HOST = "127.0.0.1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -470,3 +473,132 @@ def imap_server(parent: Path | None = None) -> Iterator[ImapServer]:
         raise ServerUnavailable("CI requires Dovecot: apt-get install dovecot-imapd")
     with PymapServer.running_in(parent) as pymap:
         yield pymap
+
+
+# --- PostgreSQL: a throwaway cluster for the test session ------------------------------------
+
+POSTGRES_BIN_ENV = "MT_TEST_POSTGRES_BIN"
+POSTGRES_HINT = "apt-get install postgresql, or set MT_TEST_POSTGRES_BIN to its bin directory"
+
+
+def postgres_bin_dir() -> Path | None:
+    """The directory holding ``initdb`` and ``pg_ctl``: ``$MT_TEST_POSTGRES_BIN``, else the
+    newest Debian ``/usr/lib/postgresql/N/bin``, else wherever ``pg_ctl`` is on the PATH."""
+    configured = os.environ.get(POSTGRES_BIN_ENV)
+    if configured:
+        return Path(configured)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if debian:
+        return debian[-1].parent
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).parent if on_path else None
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary directory, on a free local port.
+
+    Run as the ``postgres`` user (through ``runuser``) when the tests run as root, which
+    PostgreSQL refuses to be; directly otherwise. No fsync: it is thrown away at the end.
+    """
+
+    def __init__(self, directory: Path, bin_dir: Path) -> None:
+        self.directory = directory
+        self.bin_dir = bin_dir
+        self.host = HOST
+        self.port = free_port()
+        self.user = "postgres"
+        self.created = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[PostgresCluster]:
+        """Create and start a cluster; stop it (``-m immediate``) and remove it afterwards."""
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None or not (bin_dir / "initdb").exists():
+            raise ServerUnavailable(f"PostgreSQL is not installed ({POSTGRES_HINT})")
+        directory = Path(tempfile.mkdtemp(prefix="mt-postgres-"))
+        cluster = cls(directory, bin_dir)
+        try:
+            cluster.setup()
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _command(self, program: str, *args: str) -> list[str]:
+        command = [str(self.bin_dir / program), *args]
+        return ["runuser", "-u", self.user, "--", *command] if os.geteuid() == 0 else command
+
+    def _run(self, program: str, *args: str, timeout: float = 60) -> None:
+        # pg_ctl's server inherits stdout/stderr: files, not pipes, or waiting never ends.
+        output = self.directory / f"{program}.out"
+        with output.open("wb") as sink:
+            result = subprocess.run(
+                self._command(program, *args),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=self.directory,
+            )
+        if result.returncode != 0:
+            log = self.directory / "postgres.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise ServerUnavailable(
+                f"{program} failed ({result.returncode}): "
+                f"{output.read_text(errors='replace').strip()[-2000:]}\n{tail}"
+            )
+
+    def setup(self) -> None:
+        """``initdb`` a trust-authenticated cluster whose superuser is ``postgres``."""
+        if os.geteuid() == 0:
+            try:
+                shutil.chown(self.directory, self.user, self.user)
+            except LookupError as error:
+                raise ServerUnavailable(f"no {self.user!r} user to run PostgreSQL as") from error
+        self._run(
+            "initdb", "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres",
+            "-E", "UTF8", "--locale=C", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        data, log = self.directory / "data", self.directory / "postgres.log"
+        self._run(
+            "pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"
+        )
+
+    def stop(self) -> None:
+        """Stop at once: the cluster is thrown away, nothing needs flushing."""
+        if (self.directory / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(ServerUnavailable, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL (psycopg 3) of ``database`` on this cluster."""
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+
+    def _admin(self, statement: sql.Composable) -> None:
+        with psycopg.connect(
+            host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as connection:
+            connection.execute(statement)
+
+    def create_database(self) -> str:
+        """A new empty database; its name."""
+        self.created += 1
+        name = f"mt_test_{self.created}"
+        self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name``, closing whatever connections a test left open to it."""
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

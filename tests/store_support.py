@@ -1,25 +1,21 @@
-"""Test support for the store, ingest and case-listing tests: configs, databases, messages.
+"""Test support for the store, ingest and case-listing tests: configs and messages.
 
-Tests run on SQLite in a temporary directory, or on the PostgreSQL database named by
-``MAILTRACKER_TEST_DATABASE_URL`` (emptied before each test).
+The databases themselves come from the ``database_url`` fixture (tests/conftest.py): each test
+that takes it runs twice, on a fresh SQLite file and on a fresh PostgreSQL database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 from mailtracker.config import Config, config_from_dict
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NOTIFICATIONS = CORPUS / "notifications"
-TEST_DATABASE_ENV = "MAILTRACKER_TEST_DATABASE_URL"
 ENVIRON = {"MT_TEST_SECRET": "s3cret", "MT_TEST_IMAP": "imap-password"}
 HO_CHI_MINH = dt.timezone(dt.timedelta(hours=7))
 
@@ -57,19 +53,6 @@ def make_config(database: str, *, max_message_bytes: int | None = None) -> Confi
     if max_message_bytes is not None:
         data["tracker"]["max_message_bytes"] = max_message_bytes
     return config_from_dict(data, environ=ENVIRON)
-
-
-def database_url(tmp_path: Path) -> str:
-    """A fresh, empty database: PostgreSQL when configured, else SQLite under ``tmp_path``."""
-    url = os.environ.get(TEST_DATABASE_ENV)
-    if not url:
-        return f"sqlite:///{tmp_path / 'tracker.db'}"
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
 
 
 def notification(

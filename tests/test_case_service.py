@@ -1,7 +1,7 @@
 """The case service: commands applied to stored cases, authorization and the audit history.
 
 Cases are opened by the ingest service from generated notification e-mails, in a real
-database (SQLite in ``tmp_path``, or the PostgreSQL named by ``MAILTRACKER_TEST_DATABASE_URL``).
+database (each test runs on SQLite and on PostgreSQL: the ``database_url`` fixture).
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from store_support import ENVIRON, HO_CHI_MINH, config_data, database_url, notification
+from store_support import ENVIRON, HO_CHI_MINH, config_data, notification
 
 from mailtracker.config import Config, config_from_dict
 from mailtracker.domain.workflow import check_invariants
@@ -114,11 +113,10 @@ class Tracker:
 
 
 @pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    url = database_url(tmp_path)
-    database = open_database(url)
+def tracker(database_url: str) -> Iterator[Tracker]:
+    database = open_database(database_url)
     try:
-        yield Tracker(database, make_config(url))
+        yield Tracker(database, make_config(database_url))
     finally:
         database.dispose()
 

@@ -1,5 +1,9 @@
 """``mailtracker run`` as a subprocess against Dovecot and aiosmtpd: digests once a day (late
-when missed), outbox retries across an SMTP outage, urgent alerts, clean stop on SIGTERM."""
+when missed), outbox retries across an SMTP outage, urgent alerts, clean stop on SIGTERM.
+
+The digest and alert tests run on SQLite and on PostgreSQL (``database_url``); the slow outage
+test on SQLite only (the outbox is the same code on both; tests/test_instances.py sends
+through it from several daemons on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -45,13 +49,20 @@ def local_now(zone: str) -> dt.datetime:
 
 
 def write_config(
-    tmp_path: Path, dovecot: ImapServer, smtp_port: int, zone: str, digest_at: dt.time
+    tmp_path: Path,
+    dovecot: ImapServer,
+    smtp_port: int,
+    zone: str,
+    digest_at: dt.time,
+    database: str | None = None,
 ) -> tuple[Path, dict[str, str]]:
-    """Units ``cdc`` (lead, vi) and ``med`` (member, en), a mailbox each on ``dovecot``."""
+    """Units ``cdc`` (lead, vi) and ``med`` (member, en), a mailbox each on ``dovecot``;
+    the database is ``database``, by default ``tracker.db`` in ``tmp_path``."""
     env = dict(SECRET_ENV)
+    database = database or f"sqlite:///{tmp_path / 'tracker.db'}"
     lines = [
         "[tracker]",
-        f'database = "sqlite:///{tmp_path / "tracker.db"}"',
+        f'database = "{database}"',
         f'timezone = "{zone}"',
         'case_prefix = "QN"',
         'secret_key = "env:MT_RUN_SECRET"',
@@ -191,11 +202,15 @@ def restart_sends_nothing(
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 def test_digest_at_sends_one_per_unit_and_none_after_a_restart(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[RunningDaemon]
+    tmp_path: Path,
+    database_url: str,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    daemons: list[RunningDaemon],
 ) -> None:
     zone = midday_zone()
     digest_at = (local_now(zone) + dt.timedelta(seconds=15)).time().replace(microsecond=0)
-    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at)
+    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at, database_url)
     daemon = RunningDaemon(config, env, tmp_path / "first.log")
     daemons.append(daemon)
     assert not digests(smtp_server.messages)  # nothing before digest_at
@@ -212,11 +227,15 @@ def test_digest_at_sends_one_per_unit_and_none_after_a_restart(
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_daemon_started_after_digest_at_sends_the_late_digest_once(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[RunningDaemon]
+    tmp_path: Path,
+    database_url: str,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    daemons: list[RunningDaemon],
 ) -> None:
     zone = midday_zone()
     digest_at = (local_now(zone) - dt.timedelta(hours=1)).time().replace(microsecond=0)
-    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at)
+    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at, database_url)
     daemon = RunningDaemon(config, env, tmp_path / "first.log")
     daemons.append(daemon)
     smtp_server.wait_for(one_digest_each, timeout=30)
@@ -266,11 +285,15 @@ def test_smtp_outage_keeps_digests_queued_then_delivers_each_once(
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_urgent_report_reaches_the_unit_as_an_alert_while_running(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[RunningDaemon]
+    tmp_path: Path,
+    database_url: str,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    daemons: list[RunningDaemon],
 ) -> None:
     zone = midday_zone()
     digest_at = (local_now(zone) + dt.timedelta(hours=3)).time().replace(microsecond=0)
-    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at)
+    config, env = write_config(tmp_path, dovecot, smtp_server.port, zone, digest_at, database_url)
     daemon = RunningDaemon(config, env, tmp_path / "first.log")
     daemons.append(daemon)
     daemon.wait_for_log("connected; waiting", timeout=30)

@@ -6,12 +6,11 @@ import datetime as dt
 import json
 import multiprocessing
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
-from store_support import NOTIFICATIONS, database_url, make_config, notification, personal_mail
+from store_support import NOTIFICATIONS, make_config, notification, personal_mail
 
 from mailtracker.config import Config
 from mailtracker.domain.reports import Report
@@ -25,8 +24,8 @@ NOW = dt.datetime(2020, 2, 12, 3, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    return database_url(tmp_path)
+def url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture

@@ -29,7 +29,12 @@ from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Case, CaseSource, MailboxState, Message
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+# database_url: every test runs on SQLite and on PostgreSQL (make_config uses it).
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(180),
+    pytest.mark.usefixtures("database_url"),
+]
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "notifications"
 CDC = "cdc@example.org"

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 
 import pytest
 from reply_support import (
@@ -30,7 +29,6 @@ from reply_support import (
     text_of,
 )
 from sqlalchemy import select
-from store_support import database_url
 
 from mailtracker.domain.tokens import find_token, verify_token
 from mailtracker.parsing.message import parse_message
@@ -73,10 +71,9 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    url = database_url(tmp_path)
-    config = make_config(url)
-    db = open_database(url)
+def world(database_url: str) -> Iterator[World]:
+    config = make_config(database_url)
+    db = open_database(database_url)
     service = ReplyService(config)
     ingestor = Ingestor(db, config, reply_handler=service)
     seed_cases(ingestor)
@@ -367,10 +364,9 @@ def test_the_same_reply_delivered_twice_applies_once(world: World) -> None:
     assert len(duplicates) == 2 and duplicates[0].message_id == second.id
 
 
-def test_acknowledgements_are_rate_limited_per_sender(tmp_path: Path) -> None:
-    url = database_url(tmp_path)
-    config = make_config(url)
-    db = open_database(url)
+def test_acknowledgements_are_rate_limited_per_sender(database_url: str) -> None:
+    config = make_config(database_url)
+    db = open_database(database_url)
     try:
         service = ReplyService(config, ack_limit=2)
         ingestor = Ingestor(db, config, reply_handler=service)

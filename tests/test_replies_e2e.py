@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from reply_support import (
@@ -62,10 +61,10 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, dovecot: ImapServer) -> Iterator[Site]:
+def site(database_url: str, dovecot: ImapServer) -> Iterator[Site]:
     smtp = SmtpCapture()
     smtp.start()
-    data = config_data(f"sqlite:///{tmp_path / 'mt.db'}", smtp_port=smtp.port)
+    data = config_data(database_url, smtp_port=smtp.port)
     for unit in data["units"]:
         dovecot.add_user(f"{unit['id']}-inbox@example.org", PASSWORD)
         for mailbox in unit["mailboxes"]:

@@ -1,7 +1,6 @@
 """The storage layer: migrations, SQLite settings and file mode, timestamps, references.
 
-Runs on SQLite in a temporary directory, or on PostgreSQL when
-``MAILTRACKER_TEST_DATABASE_URL`` is set.
+Runs on SQLite and on PostgreSQL (the ``database_url`` fixture).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
-from store_support import database_url
 
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Base, Case, CaseEvent, MailboxState, Message
@@ -26,8 +24,8 @@ NOW = dt.datetime(2020, 2, 12, 1, 30, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = open_database(database_url(tmp_path))
+def database(database_url: str) -> Iterator[Database]:
+    db = open_database(database_url)
     yield db
     db.dispose()
 
@@ -50,13 +48,12 @@ def test_migrated_schema_matches_the_models_exactly(database: Database) -> None:
     assert differences == []
 
 
-def test_upgrading_twice_changes_nothing(tmp_path: Path) -> None:
-    url = database_url(tmp_path)
-    first = open_database(url)
+def test_upgrading_twice_changes_nothing(database_url: str) -> None:
+    first = open_database(database_url)
     with first.session() as session:
         session.add(MailboxState(mailbox="cdc", uidvalidity=5, last_uid=9))
     first.dispose()
-    second = open_database(url)
+    second = open_database(database_url)
     with second.session(read_only=True) as session:
         state = session.get_one(MailboxState, "cdc")
         assert (state.uidvalidity, state.last_uid) == (5, 9)
