@@ -1,0 +1,76 @@
+"""What the benchmarks run in a child process of their own, so that each one's peak RSS is its
+own (``os.wait4`` in the parent reads it): ``python -m bench.child poll CONFIG`` runs the real
+``mailtracker poll --once``; ``python -m bench.child baseline HOST PORT USER PASSWORD BATCH``
+fetches the mailbox with imapclient and parses every message with mail-parser, no database.
+
+Each prints one JSON object: ``seconds`` (the work itself, interpreter start-up excluded) and
+``messages``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+
+def poll(config: str, profile: str | None = None) -> dict[str, float | int]:
+    """``mailtracker --config CONFIG poll --once``, timed in this process from after the imports
+    (the schema upgrade included); with ``profile``, under cProfile, the statistics written to
+    that file."""
+    from mailtracker.cli import build_parser, main
+
+    build_parser()  # every command module imported before the clock starts, as in the baseline
+    argv = ["--config", config, "--log-level", "WARNING", "poll", "--once"]
+    started = time.perf_counter()
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        status = profiler.runcall(main, argv)
+        profiler.dump_stats(profile)
+    else:
+        status = main(argv)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"poll --once exited with {status}")
+    return {"seconds": seconds, "messages": -1}
+
+
+def baseline(host: str, port: int, user: str, password: str, batch: int) -> dict[str, float | int]:
+    """imapclient ``BODY.PEEK[]`` in batches of ``batch`` plus ``mailparser.parse_from_bytes``."""
+    import mailparser
+    from imapclient import IMAPClient
+
+    started = time.perf_counter()
+    client = IMAPClient(host, port=port, ssl=False, timeout=60)
+    client.login(user, password)
+    client.select_folder("INBOX", readonly=True)
+    uids = sorted(client.search(["ALL"]))
+    parsed = 0
+    for start in range(0, len(uids), batch):
+        response = client.fetch(uids[start : start + batch], [b"BODY.PEEK[]"])
+        for data in response.values():
+            message = mailparser.parse_from_bytes(data[b"BODY[]"])
+            parsed += 1 if message.message_id else 0
+    client.logout()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "messages": len(uids), "with_message_id": parsed}
+
+
+def main(argv: Sequence[str]) -> int:
+    command, *args = argv
+    if command == "poll":
+        result = poll(args[0], args[1] if len(args) > 1 else None)
+    elif command == "baseline":
+        host, port, user, password, batch = args
+        result = baseline(host, int(port), user, password, int(batch))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
