@@ -247,7 +247,11 @@ def test_output_cut_short_by_the_reader_is_no_crash(
 
 
 def test_db_copy_moves_every_case_and_its_history(
-    config_file: Path, mail_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config_file: Path,
+    mail_dir: Path,
+    tmp_path: Path,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert run(config_file, capsys, "import", str(mail_dir))[0] == 0
     assert (
@@ -256,7 +260,8 @@ def test_db_copy_moves_every_case_and_its_history(
     )
     before = run_json(config_file, capsys, "cases")
     history = run_json(config_file, capsys, "case", "QN-0001")["history"]
-    target = f"sqlite:///{tmp_path / 'moved.db'}"
+    # An empty PostgreSQL database, or a SQLite file beside the source (which is tracker.db).
+    target = database_url.replace("tracker.db", "moved.db")
 
     status, out = run(config_file, capsys, "db", "copy", "--to", target)
     assert status == 0
