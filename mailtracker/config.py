@@ -146,6 +146,7 @@ class TrackerSettings:
     reply_token_days: int
     max_message_bytes: int
     retention_days: int | None
+    mailbox_lease: dt.timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +338,7 @@ _TRACKER_KEYS = (
     "reply_token_days",
     "max_message_bytes",
     "retention_days",
+    "mailbox_lease",
 )
 _SMTP_KEYS = ("host", "port", "security", "username", "password", "from")
 _RULES_KEYS = tuple(rule.name for rule in fields(Rules))
@@ -580,7 +582,17 @@ class _Reader:
             )
             or 25 * 1024 * 1024,
             retention_days=self.integer(table, where, "retention_days", None, 1, 36500),
+            mailbox_lease=self.mailbox_lease(table),
         )
+
+    def mailbox_lease(self, table: Mapping[str, Any]) -> dt.timedelta:
+        """How long an instance holds a mailbox without renewing it: 3 seconds to 1 hour."""
+        default = dt.timedelta(seconds=60)
+        lease = self.duration(table, "tracker", "mailbox_lease", default)
+        if not dt.timedelta(seconds=3) <= lease <= dt.timedelta(hours=1):
+            self.error("tracker.mailbox_lease", f"must be between 3s and 1h (got {lease})")
+            return default
+        return lease
 
     def database(self, text: str | None) -> str:
         """A SQLAlchemy URL; a relative SQLite path is anchored at the config file's directory."""

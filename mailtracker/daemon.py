@@ -2,14 +2,15 @@
 
 Wiring (APScheduler 3, ``BackgroundScheduler`` in ``tracker.timezone``):
 
-- one thread per mailbox running :meth:`MailboxPoller.run` until the stop event is set;
+- one thread per mailbox running :meth:`MailboxPoller.run` until the stop event is set, polling
+  only while it holds the mailbox's lease (``tracker.mailbox_lease``), so that with several
+  instances on one database each mailbox is polled by one of them at a time;
 - one cron job per unit at its ``digest_at``, with hours of misfire grace, ``coalesce`` and
   ``max_instances=1``; each sent digest is recorded in the database, so it goes out once;
 - a catch-up at start-up: a unit whose ``digest_at`` has passed today without a recorded
   digest gets it now (late, once);
 - the outbox flusher every few seconds, and at once after something was queued;
-- a sweep that processes stored messages left unprocessed and queues missing high-risk alerts;
-- with ``tracker.retention_days``, a daily purge of personal data past that period.
+- a sweep that processes stored messages left unprocessed and queues missing high-risk alerts.
 
 A failing job is logged (type only at INFO and above; details at DEBUG) and the daemon carries
 on. Logs carry unit ids, counts and case references, never personal data.
@@ -29,15 +30,15 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from mailtracker.config import Config
+from mailtracker.config import Config, MailboxSettings
 from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
+from mailtracker.mail.lease import MailboxLease, instance_id
 from mailtracker.mail.outbox import OutboxSender
 from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
 from mailtracker.services.replies import ReplyService
-from mailtracker.services.retention import purge
 from mailtracker.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,6 @@ THREAD_JOIN_SECONDS = 5.0
 OUTBOX_JOB = "outbox"
 SWEEP_JOB = "sweep"
 CATCH_UP_JOB = "digest-catch-up"
-RETENTION_JOB = "retention"
-RETENTION_EVERY = dt.timedelta(days=1)
 
 
 def utc_now() -> dt.datetime:
@@ -129,6 +128,7 @@ class Daemon:
             # Its own error log prints exception text (which may quote data); ours does not.
             logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
         self.threads: list[threading.Thread] = []
+        self.instance = instance_id()
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -166,22 +166,15 @@ class Daemon:
             next_run_time=now,
             misfire_grace_time=None,
         )
-        if self.config.tracker.retention_days is not None:
-            self.scheduler.add_job(
-                self.purge_expired,
-                "interval",
-                seconds=RETENTION_EVERY.total_seconds(),
-                id=RETENTION_JOB,
-                name="retention purge",
-                next_run_time=now,
-                misfire_grace_time=None,
-            )
         self.scheduler.start()
-        self.threads = start_pollers(self.config, self.ingestor, self.stop_event)
+        self.threads = start_pollers(
+            self.config, self.ingestor, self.stop_event, lease_for=self.mailbox_lease
+        )
         log.info(
-            "daemon started: %d unit(s), %d mailbox(es)",
+            "daemon started: %d unit(s), %d mailbox(es), instance %s",
             len(self.config.units),
             len(self.config.mailboxes),
+            self.instance,
         )
 
     def stop(self) -> None:
@@ -245,16 +238,18 @@ class Daemon:
         """Process stored messages still waiting (the pollers normally do it at once)."""
         self.ingestor.process_pending(now=self.clock())
 
-    def purge_expired(self) -> None:
-        """Purge personal data past ``tracker.retention_days`` (once a day)."""
-        purge(self.db, self.config, now=self.clock())
-
     def flush_soon(self) -> None:
         """Run the outbox flusher now rather than at its next interval."""
         with contextlib.suppress(JobLookupError):  # shutting down
             self.scheduler.modify_job(OUTBOX_JOB, next_run_time=dt.datetime.now(self.tz))
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def mailbox_lease(self, settings: MailboxSettings) -> MailboxLease:
+        """This instance's lease on one mailbox."""
+        return MailboxLease(
+            self.db, settings.name, self.instance, duration=self.config.tracker.mailbox_lease
+        )
 
     def _after_processing(self, now: dt.datetime, result: ProcessResult) -> None:
         """Queue the alerts of new high-risk cases; flush what processing queued (alerts,

@@ -6,6 +6,10 @@ batch is committed with the advanced position in one transaction by the ingestor
 loses nothing and repeats nothing. A changed UIDVALIDITY rescans the folder from UID 1 and relies
 on the ingestor's Message-ID + content-hash dedupe.
 
+With several instances, each mailbox is polled by the one holding its lease
+(:mod:`mailtracker.mail.lease`): the others wait and ask again every third of the lease; the
+holder renews it while it works and waits, and stops touching the mailbox as soon as it is gone.
+
 Logs name mailboxes, counts and UIDs only; never anything read from a message.
 """
 
@@ -25,6 +29,7 @@ from typing import Protocol
 from imapclient import IMAPClient
 
 from mailtracker.config import Config, ConfigError, MailboxSettings, Secret
+from mailtracker.mail.lease import LeaseLost, MailboxLease
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ BACKOFF_CAP_SECONDS = 300.0
 MAX_ERROR_LENGTH = 300
 
 Clock = Callable[[], dt.datetime]
+LeaseFactory = Callable[[MailboxSettings], MailboxLease]
 
 
 class Ingestor(Protocol):
@@ -159,6 +165,7 @@ class MailboxPoller:
         clock: Clock = utc_now,
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
+        lease: MailboxLease | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -169,6 +176,7 @@ class MailboxPoller:
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.lease = lease
         self.failures = 0
 
     @property
@@ -196,6 +204,7 @@ class MailboxPoller:
         """Fetch every message above the stored position over an open session, batch by batch,
         then process what was stored and record the successful poll."""
         uidvalidity = select_readonly(client, self.settings.folder)
+        self._keep_lease()
         stored_validity, last_uid = self.ingestor.position(self.name)
         if stored_validity is not None and stored_validity != uidvalidity:
             log.warning(
@@ -245,6 +254,7 @@ class MailboxPoller:
             )
         if not messages:
             return 0
+        self._keep_lease()
         stored = self.ingestor.store_batch(self.settings, uidvalidity, messages, now=self.clock())
         log.debug(
             "%s: batch UID %d-%d: %d fetched, %d new",
@@ -270,11 +280,33 @@ class MailboxPoller:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set: IDLE where offered (else sleep), a sweep every
-        ``poll_every``, and reconnection with exponential backoff after any failure."""
+        ``poll_every``, and reconnection with exponential backoff after any failure.
+
+        With a lease, only while holding it: without it, ask again every ``renew_every``
+        seconds; losing it ends the session at once; a clean stop releases it.
+        """
         log.info("%s: poller started", self.name)
+        try:
+            self._run(stop)
+        finally:
+            self._release_lease()
+        log.info("%s: poller stopped", self.name)
+
+    def _run(self, stop: threading.Event) -> None:
+        waiting = False
         while not stop.is_set():
+            if self.lease is not None:
+                holds = self._take_lease(stop, waiting=waiting)
+                if holds is None:
+                    continue  # a database failure, already waited for
+                waiting = not holds
+                if waiting:
+                    stop.wait(self.lease.renew_every)
+                    continue
             try:
                 self._session(stop)
+            except LeaseLost:
+                log.warning("%s: lease taken over by another instance; polling stops", self.name)
             except Exception as error:
                 self.failures += 1
                 delay = backoff_delay(self.failures, base=self.backoff_base, cap=self.backoff_cap)
@@ -287,7 +319,51 @@ class MailboxPoller:
                 )
                 self._record_failure(error)
                 stop.wait(delay)
-        log.info("%s: poller stopped", self.name)
+
+    def _take_lease(self, stop: threading.Event, *, waiting: bool) -> bool | None:
+        """Try to take (or renew) the lease: whether it is held, None after a failure (logged,
+        and waited for with backoff)."""
+        assert self.lease is not None
+        try:
+            holds = self.lease.acquire()
+        except Exception as error:
+            self.failures += 1
+            delay = backoff_delay(self.failures, base=self.backoff_base, cap=self.backoff_cap)
+            log.error(
+                "%s: cannot take the lease: %s; retrying in %.1fs",
+                self.name,
+                describe_error(error),
+                delay,
+            )
+            stop.wait(delay)
+            return None
+        if holds and waiting:
+            log.info("%s: lease taken; this instance polls the mailbox now", self.name)
+        elif not holds and not waiting:
+            owner, until = self.lease.holder()
+            log.info(
+                "%s: polled by instance %s (lease until %s); asking again every %.0fs",
+                self.name,
+                owner,
+                until.isoformat(timespec="seconds") if until else "?",
+                self.lease.renew_every,
+            )
+        return holds
+
+    def _keep_lease(self) -> None:
+        """Renew the lease when due; :class:`LeaseLost` once another instance holds it."""
+        if self.lease is not None:
+            self.lease.keep()
+
+    def _release_lease(self) -> None:
+        if self.lease is None or not self.lease.held:
+            return
+        try:
+            self.lease.release()
+        except Exception as error:  # it expires on its own
+            log.error("%s: cannot release the lease: %s", self.name, describe_error(error))
+        else:
+            log.info("%s: lease released", self.name)
 
     def _session(self, stop: threading.Event) -> None:
         """One connection: sync, then wait for news (IDLE or sleep) and sync again, until
@@ -308,20 +384,30 @@ class MailboxPoller:
                     self._idle(client, stop, sweep_at)
                 else:
                     client.noop()
-                    stop.wait(max(0.0, sweep_at - time.monotonic()))
+                    self._wait(stop, sweep_at)
                 if not stop.is_set():
                     self.sync(client, stop)
         finally:
             close(client)
 
+    def _wait(self, stop: threading.Event, until: float) -> None:
+        """Sleep until ``until`` (monotonic) or ``stop``, renewing the lease meanwhile."""
+        while not stop.is_set() and time.monotonic() < until:
+            step = until - time.monotonic()
+            if self.lease is not None:
+                step = min(step, self.lease.renew_every)
+            stop.wait(max(0.0, step))
+            self._keep_lease()
+
     def _idle(self, client: IMAPClient, stop: threading.Event, until: float) -> None:
         """IDLE until new mail is announced, ``until`` (monotonic) passes, the IDLE is due for
-        renewal or ``stop`` is set."""
+        renewal or ``stop`` is set; the lease is renewed meanwhile."""
         renew_at = min(until, time.monotonic() + IDLE_RENEW_SECONDS)
         client.idle()
         healthy = False
         try:
             while not stop.is_set() and time.monotonic() < renew_at:
+                self._keep_lease()
                 responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
                 if any(_is_bye(response) for response in responses):
                     raise ImapError("the server closed the connection (BYE)")
@@ -372,11 +458,19 @@ def start_pollers(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     timeout: float = DEFAULT_TIMEOUT,
+    lease_for: LeaseFactory | None = None,
 ) -> list[threading.Thread]:
-    """Start one daemon thread per mailbox running :meth:`MailboxPoller.run` until ``stop``."""
+    """Start one daemon thread per mailbox running :meth:`MailboxPoller.run` until ``stop``;
+    with ``lease_for``, each poller polls only while holding the lease it gives."""
     threads = []
     for settings in config.mailboxes:
-        poller = MailboxPoller(settings, ingestor, batch_size=batch_size, timeout=timeout)
+        poller = MailboxPoller(
+            settings,
+            ingestor,
+            batch_size=batch_size,
+            timeout=timeout,
+            lease=lease_for(settings) if lease_for is not None else None,
+        )
         thread = threading.Thread(
             target=poller.run, args=(stop,), name=f"poll {settings.name}", daemon=True
         )

@@ -1,0 +1,509 @@
+"""Several instances on one database: the mailbox lease, and ``mailtracker run`` processes
+sharing PostgreSQL and the same mailboxes.
+
+- the lease itself (on SQLite and PostgreSQL): one owner at a time, expiry, release, and a race
+  of many instances for one free lease;
+- three daemons on the same PostgreSQL database and the same two mailboxes: each mailbox polled
+  by one of them, every message stored once, every digest, alert and acknowledgement sent once;
+- ``kill -9`` of the instance polling a mailbox: another takes it over once the lease expires
+  (a short ``tracker.mailbox_lease`` keeps the test short); a clean stop hands it over at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from email.utils import format_datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from mailgen import notification as old_notification
+from reply_support import DOC, EPI, TRACKER, read, reply, text_of
+from servers import ImapServer, PostgresCluster
+from smtp_capture import SmtpCapture
+from sqlalchemy import func, select
+
+from mailtracker.config import ConfigError, config_from_dict
+from mailtracker.mail.lease import LeaseLost, MailboxLease
+from mailtracker.store.db import Database, open_database
+from mailtracker.store.models import Case, CaseEvent, DigestSent, MailboxState, Message
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = dt.datetime(2020, 2, 12, 1, 0, tzinfo=dt.UTC)
+CDC_INBOX = "cdc-inbox@example.org"
+MED_INBOX = "med-inbox@example.org"
+
+
+# -- the lease ------------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = open_database(database_url)
+    yield db
+    db.dispose()
+
+
+def test_one_owner_at_a_time_until_release(database: Database) -> None:
+    clock = Clock(T0)
+    first = MailboxLease(database, "cdc:box", "first", clock=clock)
+    second = MailboxLease(database, "cdc:box", "second", clock=clock)
+    assert first.acquire()
+    assert not second.acquire()
+    assert first.acquire()  # renewing
+    assert first.holder() == ("first", T0 + dt.timedelta(seconds=60))
+    clock.now += dt.timedelta(seconds=59)
+    assert not second.acquire()
+    with pytest.raises(LeaseLost):
+        second.keep()
+    first.release()
+    assert first.holder() == (None, None)
+    assert second.acquire()
+    assert not first.acquire()
+    first.release()  # not the holder: changes nothing
+    assert second.holder()[0] == "second"
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it(database: Database) -> None:
+    clock = Clock(T0)
+    duration = dt.timedelta(seconds=10)
+    old = MailboxLease(database, "cdc:box", "old", duration=duration, clock=clock)
+    new = MailboxLease(database, "cdc:box", "new", duration=duration, clock=clock)
+    assert old.acquire()
+    clock.now += duration
+    assert new.acquire()
+    assert not old.acquire()
+    assert not old.held
+    with pytest.raises(LeaseLost):
+        old.keep()
+    # The new holder keeps it without touching the database until a renewal is due.
+    new.keep()
+    assert new.holder() == ("new", T0 + 2 * duration)
+
+
+def test_the_lease_row_keeps_the_polling_position(database: Database) -> None:
+    with database.session() as session:
+        session.add(MailboxState(mailbox="cdc:box", uidvalidity=7, last_uid=42))
+    lease = MailboxLease(database, "cdc:box", "me", clock=Clock(T0))
+    assert lease.acquire()
+    lease.release()
+    with database.session(read_only=True) as session:
+        state = session.get_one(MailboxState, "cdc:box")
+        assert (state.uidvalidity, state.last_uid, state.lease_owner) == (7, 42, None)
+
+
+def test_many_instances_racing_for_one_lease_get_one_holder(
+    database: Database, database_url: str
+) -> None:
+    """Each instance has an engine of its own, as separate processes would."""
+    instances, rounds = 6, 8
+    databases = [open_database(database_url, upgrade=False) for _ in range(instances)]
+    clock = Clock(T0)
+    winners: list[list[str]] = [[] for _ in range(rounds)]
+    barrier = threading.Barrier(instances)
+    errors: list[BaseException] = []
+
+    def contend(number: int) -> None:
+        lease = MailboxLease(databases[number], "cdc:box", f"instance-{number}", clock=clock)
+        try:
+            for race in range(rounds):
+                barrier.wait(timeout=30)
+                if lease.acquire():
+                    winners[race].append(lease.owner)
+                barrier.wait(timeout=30)
+                if number == 0:
+                    clock.now += dt.timedelta(minutes=5)  # every lease has expired
+                barrier.wait(timeout=30)
+        except BaseException as error:
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(instances)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for db in databases:
+        db.dispose()
+    assert not errors, errors
+    assert [len(race) for race in winners] == [1] * rounds, winners
+
+
+def lease_config(**tracker: object) -> dt.timedelta:
+    unit = {"id": "cdc", "name": "CDC", "role": "lead"}
+    data = {"tracker": {"database": "sqlite:///t.db", **tracker}, "units": [unit]}
+    return config_from_dict(data, environ={}).tracker.mailbox_lease
+
+
+def test_the_lease_duration_is_configurable_within_bounds() -> None:
+    assert lease_config() == dt.timedelta(seconds=60)
+    assert lease_config(mailbox_lease="2m") == dt.timedelta(minutes=2)
+    assert lease_config(mailbox_lease="3s") == dt.timedelta(seconds=3)
+    for bad, message in (("1s", "between 3s and 1h"), ("2h", "between 3s and 1h"), (60, "")):
+        with pytest.raises(ConfigError, match=f"tracker.mailbox_lease.*{message}"):
+            lease_config(mailbox_lease=bad)
+
+
+# -- daemons sharing PostgreSQL ---------------------------------------------------------------
+
+
+def notification(number: int, *, to: str) -> bytes:
+    """A high-risk report (symptoms and travel) about person ``number``, sent just now, so
+    that it raises an urgent alert."""
+    message = email.message_from_bytes(old_notification(number, to=to), policy=email.policy.default)
+    del message["Date"]
+    message["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+    return message.as_bytes()
+
+
+def midday_zone() -> str:
+    """A fixed-offset zone where it is now about noon, so no test crosses local midnight."""
+    offset = (12 - dt.datetime.now(dt.UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    if offset == 0:
+        return "Etc/GMT"
+    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL cluster."""
+    name = postgres_cluster.create_database()
+    try:
+        yield postgres_cluster.url(name)
+    finally:
+        postgres_cluster.drop_database(name)
+
+
+def write_config(
+    path: Path,
+    *,
+    database: str,
+    dovecot: ImapServer,
+    lease: str,
+    smtp_port: int | None = None,
+    zone: str = "Asia/Ho_Chi_Minh",
+    digest_at: dt.time = dt.time(7, 0),
+    units: tuple[str, ...] = ("cdc", "med"),
+) -> dict[str, str]:
+    """A config with units ``cdc`` (lead, staff EPI) and ``med`` (member, staff DOC), one
+    mailbox each on ``dovecot``; the environment its secrets come from."""
+    env = {"MT_RUN_SECRET": "instances-secret"}
+    lines = [
+        "[tracker]",
+        f'database = "{database}"',
+        f'timezone = "{zone}"',
+        'case_prefix = "QN"',
+        'secret_key = "env:MT_RUN_SECRET"',
+        f'mailbox_lease = "{lease}"',
+        "",
+    ]
+    if smtp_port is not None:
+        lines += [
+            "[smtp]",
+            'host = "127.0.0.1"',
+            f"port = {smtp_port}",
+            'security = "none"',
+            f'from = "Mailtracker QN <{TRACKER}>"',
+            "",
+        ]
+    staff = {"cdc": EPI, "med": DOC}
+    for unit_id in units:
+        user = f"{unit_id}-inbox@example.org"
+        if user not in dovecot.passwords:
+            dovecot.add_user(user, f"pw-{unit_id}")
+        env[f"MT_RUN_IMAP_{unit_id.upper()}"] = dovecot.passwords[user]
+        lines += [
+            "[[units]]",
+            f'id = "{unit_id}"',
+            f'name = "Unit {unit_id}"',
+            f'role = "{"lead" if unit_id == "cdc" else "member"}"',
+            f'language = "{"vi" if unit_id == "cdc" else "en"}"',
+            f'staff = ["{staff[unit_id]}"]',
+            f'digest_to = ["{staff[unit_id]}"]',
+            f"digest_at = {digest_at.strftime('%H:%M:%S')}",
+            "",
+            "  [[units.mailboxes]]",
+            f'  host = "{dovecot.host}"',
+            f"  port = {dovecot.port}",
+            '  security = "none"',
+            f'  username = "{user}"',
+            f'  password = "env:MT_RUN_IMAP_{unit_id.upper()}"',
+            "  idle = true",
+            '  poll_every = "60s"',
+            "",
+        ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return env
+
+
+class Instance:
+    """One ``python -m mailtracker run`` with its log in a file."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailtracker", "--config", str(config), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**os.environ, **env},
+                cwd=ROOT,
+            )
+        self.wait_for_log("daemon started", timeout=60)
+        found = re.search(r"daemon started: .*, instance (\S+)", self.text())
+        assert found is not None, self.text()
+        self.id = found.group(1)
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.process.returncode}):\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in the log after {timeout}s:\n{self.text()}")
+            time.sleep(0.1)
+
+    def polls(self, user: str) -> bool:
+        """Whether this instance has connected to ``user``'s mailbox to poll it."""
+        return any(
+            user in line and "connected; waiting" in line for line in self.text().splitlines()
+        )
+
+    def stop(self) -> None:
+        """SIGTERM; it must exit 0 within 20 seconds."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"daemon ignored SIGTERM:\n{self.text()}") from None
+        assert code == 0, self.text()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def instances() -> Iterator[list[Instance]]:
+    """Daemons started by a test, killed if the test left them running."""
+    started: list[Instance] = []
+    yield started
+    for instance in started:
+        instance.kill()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until ``condition()`` holds; the seconds it took (AssertionError on timeout)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def scalar_count(db: Database, model: type[object], *where: object) -> int:
+    with db.session(read_only=True) as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def all_processed(db: Database, total: int) -> bool:
+    return scalar_count(db, Message) == total and (
+        scalar_count(db, Message, Message.processed_at.is_(None)) == 0
+    )
+
+
+def is_digest(subject: str) -> bool:
+    return subject.startswith(("[QN] Bản tin ", "[QN] Digest "))
+
+
+@pytest.mark.integration
+@pytest.mark.postgresql
+@pytest.mark.timeout(240)
+def test_three_daemons_share_mailboxes_and_send_everything_once(
+    tmp_path: Path,
+    postgres_url: str,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    instances: list[Instance],
+) -> None:
+    zone = midday_zone()
+    digest_at = (dt.datetime.now(ZoneInfo(zone)) + dt.timedelta(seconds=25)).time()
+    config = tmp_path / "config.toml"
+    env = write_config(
+        config,
+        database=postgres_url,
+        dovecot=dovecot,
+        lease="20s",
+        smtp_port=smtp_server.port,
+        zone=zone,
+        digest_at=digest_at.replace(microsecond=0),
+    )
+    db = open_database(postgres_url)  # the schema exists before three daemons start at once
+    try:
+        dovecot.deliver_maildir(CDC_INBOX, (notification(n, to=CDC_INBOX) for n in range(30)))
+        dovecot.deliver_maildir(MED_INBOX, (notification(n, to=MED_INBOX) for n in range(100, 115)))
+        for number in range(3):
+            instances.append(Instance(config, env, tmp_path / f"daemon-{number}.log"))
+        wait_for(lambda: all_processed(db, 45), 60, "the first 45 messages")
+        for number in range(30, 36):  # new mail while all three run
+            dovecot.append(CDC_INBOX, notification(number, to=CDC_INBOX))
+            dovecot.append(MED_INBOX, notification(number + 100, to=MED_INBOX))
+        wait_for(lambda: all_processed(db, 57), 60, "the 12 new messages")
+
+        # Each mailbox is polled by exactly one instance; the others wait for its lease.
+        for user in (CDC_INBOX, MED_INBOX):
+            pollers = [instance for instance in instances if instance.polls(user)]
+            assert len(pollers) == 1, [instance.text() for instance in instances]
+        waiting = sum("polled by instance" in instance.text() for instance in instances)
+        assert waiting >= 2
+
+        with db.session(read_only=True) as session:
+            message_ids = session.scalars(select(Message.message_id)).all()
+            report_ids = session.scalars(select(Case.report_id)).all()
+        assert len(message_ids) == len(set(message_ids)) == 57
+        assert len(report_ids) == len(set(report_ids)) == 57
+
+        # Every case is high-risk: one alert each, whichever instance processed it.
+        smtp_server.wait_for(lambda messages: len(messages) >= 57, timeout=60)
+        # The digest: the three cron jobs fire at the same second; one digest per unit.
+        smtp_server.wait_for(
+            lambda messages: sum(is_digest(m.subject) for m in messages) >= 2, timeout=60
+        )
+        digest = next(m for m in smtp_server.messages if is_digest(m.subject) and EPI in m.rcpt_tos)
+        with db.session(read_only=True) as session:
+            cdc_ref = session.scalar(
+                select(Case.ref).where(Case.owner_unit == "cdc").order_by(Case.id).limit(1)
+            )
+        assert cdc_ref is not None and cdc_ref in text_of(digest.message)
+
+        # A reply delivered to both mailboxes (so to two different instances, perhaps).
+        now = dt.datetime.now(dt.UTC)
+        answer = reply(digest.raw, f"{cdc_ref} home", date=now)
+        dovecot.append(CDC_INBOX, answer)
+        dovecot.append(MED_INBOX, answer)
+        reply_id = str(read(answer)["Message-ID"])
+        smtp_server.wait_for(
+            lambda messages: any(m.message["In-Reply-To"] == reply_id for m in messages),
+            timeout=60,
+        )
+        wait_for(lambda: all_processed(db, 59), 30, "both copies of the reply")
+        time.sleep(6)  # every instance has flushed its outbox at least once since
+        messages = smtp_server.messages
+        for instance in instances:
+            instance.stop()
+        with db.session(read_only=True) as session:
+            applied = session.scalars(
+                select(CaseEvent.action)
+                .join(Case, Case.id == CaseEvent.case_id)
+                .where(Case.ref == cdc_ref, CaseEvent.action != "created")
+            ).all()
+            digests_recorded = session.scalar(select(func.count()).select_from(DigestSent))
+            leases = session.scalars(select(MailboxState.lease_owner)).all()
+    finally:
+        db.dispose()
+
+    assert list(applied) == ["home"]
+    assert digests_recorded == 2
+    assert leases and all(owner is None for owner in leases)  # released on SIGTERM
+    sent = Counter((m.rcpt_tos, m.subject) for m in messages)
+    assert all(count == 1 for count in sent.values()), sent.most_common(3)
+    digests = [m for m in messages if is_digest(m.subject)]
+    assert sorted(m.rcpt_tos for m in digests) == sorted([(EPI,), (DOC,)])
+    acks = [m for m in messages if m.message["Auto-Submitted"] == "auto-replied"]
+    assert len(acks) == 1 and acks[0].rcpt_tos == (EPI,)
+    assert acks[0].message["In-Reply-To"] == reply_id
+    assert f"✓ {cdc_ref} home" in text_of(acks[0].message)
+    alerts = [m for m in messages if m not in digests and m not in acks]
+    alert = re.compile(r"\[QN-\d{4}\] (Cảnh báo: nguy cơ cao|Alert: high risk)")
+    assert len(alerts) == 57
+    assert all(alert.fullmatch(m.subject) for m in alerts), [m.subject for m in alerts]
+    for instance in instances:
+        assert "Traceback" not in instance.text(), instance.text()
+
+
+@pytest.mark.integration
+@pytest.mark.postgresql
+@pytest.mark.timeout(180)
+def test_a_killed_poller_is_taken_over_once_its_lease_expires(
+    tmp_path: Path, postgres_url: str, dovecot: ImapServer, instances: list[Instance]
+) -> None:
+    lease = 10.0
+    config = tmp_path / "config.toml"
+    env = write_config(
+        config, database=postgres_url, dovecot=dovecot, lease=f"{lease:.0f}s", units=("cdc",)
+    )
+    db = open_database(postgres_url)
+    try:
+        holder = Instance(config, env, tmp_path / "holder.log")
+        instances.append(holder)
+        holder.wait_for_log("connected; waiting", timeout=30)
+        standby = Instance(config, env, tmp_path / "standby.log")
+        instances.append(standby)
+        standby.wait_for_log("polled by instance", timeout=30)
+        dovecot.append(CDC_INBOX, notification(1, to=CDC_INBOX))
+        wait_for(lambda: all_processed(db, 1), 30, "the first message")
+        assert not standby.polls(CDC_INBOX)
+
+        # kill -9: the lease stays recorded until it expires, then the standby takes over.
+        holder.kill()
+        killed_at = time.monotonic()
+        dovecot.append(CDC_INBOX, notification(2, to=CDC_INBOX))
+        wait_for(lambda: all_processed(db, 2), 60, "the standby to take over")
+        took = time.monotonic() - killed_at
+        assert took < lease + lease / 3 + 15, took
+        assert standby.polls(CDC_INBOX)
+        assert owner_of(db) == standby.id
+
+        # A clean stop releases the lease: a third instance takes over without waiting.
+        third = Instance(config, env, tmp_path / "third.log")
+        instances.append(third)
+        third.wait_for_log("polled by instance", timeout=30)
+        standby.stop()
+        assert "lease released" in standby.text()
+        assert owner_of(db) in (None, third.id)
+        dovecot.append(CDC_INBOX, notification(3, to=CDC_INBOX))
+        took = wait_for(lambda: all_processed(db, 3), 30, "the third instance to take over")
+        assert took < lease, took
+        assert owner_of(db) == third.id
+        third.stop()
+        with db.session(read_only=True) as session:
+            uids = session.scalars(select(Message.uid).order_by(Message.uid)).all()
+        assert list(uids) == dovecot.uids(CDC_INBOX) and len(uids) == 3
+        assert scalar_count(db, Case) == 3
+    finally:
+        db.dispose()
+
+
+def owner_of(db: Database) -> str | None:
+    with db.session(read_only=True) as session:
+        return session.scalar(select(MailboxState.lease_owner))
