@@ -10,7 +10,8 @@ Wiring (APScheduler 3, ``BackgroundScheduler`` in ``tracker.timezone``):
 - a catch-up at start-up: a unit whose ``digest_at`` has passed today without a recorded
   digest gets it now (late, once);
 - the outbox flusher every few seconds, and at once after something was queued;
-- a sweep that processes stored messages left unprocessed and queues missing high-risk alerts.
+- a sweep that processes stored messages left unprocessed and queues missing high-risk alerts;
+- with ``tracker.retention_days``, a daily purge of personal data past that period.
 
 A failing job is logged (type only at INFO and above; details at DEBUG) and the daemon carries
 on. Logs carry unit ids, counts and case references, never personal data.
@@ -39,6 +40,7 @@ from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
 from mailtracker.services.replies import ReplyService
+from mailtracker.services.retention import purge
 from mailtracker.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ THREAD_JOIN_SECONDS = 5.0
 OUTBOX_JOB = "outbox"
 SWEEP_JOB = "sweep"
 CATCH_UP_JOB = "digest-catch-up"
+RETENTION_JOB = "retention"
+RETENTION_EVERY = dt.timedelta(days=1)
 
 
 def utc_now() -> dt.datetime:
@@ -166,6 +170,16 @@ class Daemon:
             next_run_time=now,
             misfire_grace_time=None,
         )
+        if self.config.tracker.retention_days is not None:
+            self.scheduler.add_job(
+                self.purge_expired,
+                "interval",
+                seconds=RETENTION_EVERY.total_seconds(),
+                id=RETENTION_JOB,
+                name="retention purge",
+                next_run_time=now,
+                misfire_grace_time=None,
+            )
         self.scheduler.start()
         self.threads = start_pollers(
             self.config, self.ingestor, self.stop_event, lease_for=self.mailbox_lease
@@ -237,6 +251,10 @@ class Daemon:
     def sweep(self) -> None:
         """Process stored messages still waiting (the pollers normally do it at once)."""
         self.ingestor.process_pending(now=self.clock())
+
+    def purge_expired(self) -> None:
+        """Purge personal data past ``tracker.retention_days`` (once a day)."""
+        purge(self.db, self.config, now=self.clock())
 
     def flush_soon(self) -> None:
         """Run the outbox flusher now rather than at its next interval."""
