@@ -8,11 +8,13 @@ import unicodedata
 
 import phonenumbers
 
-_SPACES = re.compile(r"\s+")
+_SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+"""Whitespace and control characters (a terminal escape in a report must not reach a screen)."""
 
 
 def nfc(text: str) -> str:
-    """NFC form with whitespace runs collapsed to one space and ends stripped."""
+    """NFC form with runs of whitespace and control characters collapsed to one space and ends
+    stripped."""
     return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
