@@ -1,7 +1,9 @@
-"""Shared fixtures: a real IMAP server (Dovecot) and configurations pointing at it."""
+"""Shared fixtures: a real IMAP server (Dovecot), configurations pointing at it, and the
+databases (SQLite, PostgreSQL) the store-backed tests run on."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -10,9 +12,11 @@ from pathlib import Path
 import pytest
 from servers import (
     IN_CI,
+    POSTGRES_URL_ENV,
     ImapServer,
     MakeConfig,
     PostgresCluster,
+    PostgresServer,
     ServerUnavailable,
     imap_server,
 )
@@ -137,10 +141,15 @@ def smtp_server() -> Iterator[SmtpCapture]:
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
+def postgres_cluster() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL cluster for the whole session, started by the first test that
-    needs it. Missing PostgreSQL fails those tests (never skips them): the suite's promise is
-    that it runs on both databases."""
+    needs it; or the server named by ``$MAILTRACKER_TEST_DATABASE_URL`` (whose role may
+    create databases). Missing PostgreSQL fails those tests (never skips them): the suite's
+    promise is that it runs on both databases."""
+    external = os.environ.get(POSTGRES_URL_ENV)
+    if external:
+        yield PostgresServer(external)
+        return
     try:
         with PostgresCluster.running() as cluster:
             yield cluster
@@ -157,7 +166,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tracker.db'}"
         return
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    cluster: PostgresServer = request.getfixturevalue("postgres_cluster")
     name = cluster.create_database()
     try:
         yield cluster.url(name)

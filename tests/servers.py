@@ -24,6 +24,7 @@ from typing import Protocol
 import psycopg
 from imapclient import IMAPClient
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 HOST = "127.0.0.1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -478,6 +479,7 @@ def imap_server(parent: Path | None = None) -> Iterator[ImapServer]:
 # --- PostgreSQL: a throwaway cluster for the test session ------------------------------------
 
 POSTGRES_BIN_ENV = "MT_TEST_POSTGRES_BIN"
+POSTGRES_URL_ENV = "MAILTRACKER_TEST_DATABASE_URL"
 POSTGRES_HINT = "apt-get install postgresql, or set MT_TEST_POSTGRES_BIN to its bin directory"
 
 
@@ -497,7 +499,43 @@ def postgres_bin_dir() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
-class PostgresCluster:
+class PostgresServer:
+    """A PostgreSQL server the tests create their databases on, through the role of ``url``
+    (which needs CREATEDB): one fresh database per test, dropped afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.base = make_url(url)
+        self.created = 0
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL (psycopg 3) of ``database`` on this server."""
+        url = self.base.set(drivername="postgresql+psycopg", database=database)
+        return url.render_as_string(hide_password=False)
+
+    def _admin(self, statement: sql.Composable) -> None:
+        with psycopg.connect(
+            host=self.base.host,
+            port=self.base.port,
+            user=self.base.username,
+            password=self.base.password,
+            dbname=self.base.database or "postgres",
+            autocommit=True,
+        ) as connection:
+            connection.execute(statement)
+
+    def create_database(self) -> str:
+        """A new empty database; its name (unique also among test runs sharing a server)."""
+        self.created += 1
+        name = f"mt_test_{os.getpid()}_{self.created}"
+        self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name``, closing whatever connections a test left open to it."""
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class PostgresCluster(PostgresServer):
     """A private PostgreSQL cluster in a temporary directory, on a free local port.
 
     Run as the ``postgres`` user (through ``runuser``) when the tests run as root, which
@@ -510,7 +548,7 @@ class PostgresCluster:
         self.host = HOST
         self.port = free_port()
         self.user = "postgres"
-        self.created = 0
+        super().__init__(f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres")
 
     @classmethod
     @contextlib.contextmanager
@@ -581,24 +619,3 @@ class PostgresCluster:
         if (self.directory / "data" / "postmaster.pid").exists():
             with contextlib.suppress(ServerUnavailable, subprocess.TimeoutExpired):
                 self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "stop")
-
-    def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy URL (psycopg 3) of ``database`` on this cluster."""
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
-
-    def _admin(self, statement: sql.Composable) -> None:
-        with psycopg.connect(
-            host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as connection:
-            connection.execute(statement)
-
-    def create_database(self) -> str:
-        """A new empty database; its name."""
-        self.created += 1
-        name = f"mt_test_{self.created}"
-        self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return name
-
-    def drop_database(self, name: str) -> None:
-        """Drop ``name``, closing whatever connections a test left open to it."""
-        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

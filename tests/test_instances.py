@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from mailgen import notification as old_notification
 from reply_support import DOC, EPI, TRACKER, read, reply, text_of
-from servers import ImapServer, PostgresCluster
+from servers import ImapServer, PostgresServer
 from smtp_capture import SmtpCapture
 from sqlalchemy import func, select
 
@@ -187,7 +187,7 @@ def midday_zone() -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+def postgres_url(postgres_cluster: PostgresServer) -> Iterator[str]:
     """A fresh database on the session's PostgreSQL cluster."""
     name = postgres_cluster.create_database()
     try:
