@@ -109,8 +109,8 @@ def check_invariants(
         if stored_ids[message_id] != 1:
             violations.append(f"delivered message {message_id!r} stored {stored_ids[message_id]}x")
     for message in messages:
-        if message.raw is None and not message.quarantined:
-            violations.append(f"message {message.id} lost its content without quarantine")
+        if message.raw is None and not message.quarantined and message.processed_at is None:
+            violations.append(f"message {message.id} lost its content before processing")
         if message.quarantined and not message.error:
             violations.append(f"message {message.id} quarantined without a reason")
         if settled and message.processed_at is None:
@@ -167,16 +167,16 @@ def check_invariants(
                 violations.append(f"reply {reply_id!r} was never acknowledged")
     rows_by_id = {outgoing_id(row.raw): row for row in outbox}
     captured_ids = collections.Counter(outgoing_id(m.raw) for m in smtp_messages)
-    for message_id, n in captured_ids.items():
-        row = rows_by_id.get(message_id)
-        what = row.dedup_key if row is not None else message_id
+    for sent_id, n in captured_ids.items():
+        row = rows_by_id.get(sent_id)
+        what = row.dedup_key if row is not None else str(sent_id)
         if n > 1:
             violations.append(f"{what} sent {n} times")
         if row is None:
-            violations.append(f"sent message {message_id!r} is not in the outbox")
+            violations.append(f"sent message {sent_id!r} is not in the outbox")
     for row in outbox:
         row_id = outgoing_id(row.raw)
-        if row.sent_at is not None and captured_ids[row_id] == 0:
+        if row.sent_at is not None and row_id is not None and captured_ids[row_id] == 0:
             violations.append(f"{row.dedup_key} marked sent but never reached the server")
         given_up = row.sent_at is None and row.next_attempt_at is None
         if given_up and not allow_failed_sends:
