@@ -16,6 +16,7 @@ from mailtracker.domain.commands import (
     parse_reply,
     subject_ref,
 )
+from mailtracker.domain.tokens import find_token, make_token, verify_token
 from mailtracker.parsing.reply import extract_reply_text
 
 FUZZ = settings(max_examples=int(os.environ.get("MAILTRACKER_FUZZ_EXAMPLES", "200")), deadline=None)
@@ -86,3 +87,39 @@ def test_extract_reply_text_never_raises(plain: str | None, html: str | None) ->
 )  # fmt: skip
 def test_extract_reply_text_from_tag_soup_never_raises(html: str) -> None:
     assert isinstance(extract_reply_text(None, html), str)
+
+
+# -- reply tokens: forged, mutated or arbitrary tokens never verify ------------------------
+
+KEY = b"the-real-key"
+ISSUED = datetime.datetime(2020, 2, 14, 7, 0, tzinfo=datetime.UTC)
+TOKEN_AGE = datetime.timedelta(days=14)
+
+
+@FUZZ
+@given(text=st.text(max_size=80), ids=st.lists(st.text(max_size=80), max_size=3))
+def test_arbitrary_token_text_never_raises_nor_verifies(text: str, ids: list[str]) -> None:
+    found = find_token([text], ids)
+    for candidate in (text, found or ""):
+        check = verify_token(candidate, key=KEY, now=ISSUED, max_age=TOKEN_AGE)
+        assert not check.ok
+
+
+@FUZZ
+@given(
+    unit=st.from_regex(r"[a-z0-9][a-z0-9_-]{0,31}", fullmatch=True),
+    position=st.integers(min_value=0, max_value=200),
+    replacement=st.sampled_from("abcdefghijklmnopqrstuvwxyz234567._-"),
+    other_key=st.binary(min_size=1, max_size=32),
+)
+def test_a_token_changed_anywhere_or_signed_with_another_key_is_refused(
+    unit: str, position: int, replacement: str, other_key: bytes
+) -> None:
+    token = make_token(unit, key=KEY, issued=ISSUED)
+    assert verify_token(token, key=KEY, now=ISSUED, max_age=TOKEN_AGE).ok
+    index = position % len(token)
+    changed = token[:index] + replacement + token[index + 1 :]
+    if changed != token:
+        assert not verify_token(changed, key=KEY, now=ISSUED, max_age=TOKEN_AGE).ok
+    if other_key != KEY:
+        assert not verify_token(token, key=other_key, now=ISSUED, max_age=TOKEN_AGE).ok

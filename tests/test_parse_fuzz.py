@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -179,3 +180,76 @@ def test_garbage_xlsx_and_csv_attachments() -> None:
     ]:
         parsed = check(_mail_with_attachment(name, ctype, data))
         assert parsed.kind == "unknown"
+
+
+# -- charsets, encodings and field normalisation ---------------------------------------------
+
+REPORT_LINES = "Họ và tên: Nguyễn Văn An\nSố điện thoại: 0905123456\nĐi về từ: Vũ Hán\n"
+
+
+def _plain(body: bytes, charset: str, encoding: str = "8bit", subject: bytes = b"x") -> bytes:
+    return (
+        b"From: a@example.org\r\nSubject: " + subject + b"\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\n"
+        b"Content-Transfer-Encoding: " + encoding.encode() + b"\r\n\r\n" + body
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _plain(REPORT_LINES.encode() + b"\xff\xfe\xc3(\xa0\xa1\n", "utf-8"),
+        _plain(REPORT_LINES.encode(), "x-unknown-charset"),
+        _plain(REPORT_LINES.encode(), '"utf-8"; format=flowed; delsp'),
+        _plain(REPORT_LINES.encode("utf-16"), "utf-8"),
+        _plain(REPORT_LINES.encode(), "utf-7"),
+        _plain(REPORT_LINES.encode(), "utf-8", subject=b"=?x-unknown?B?////?= =?utf-8?Q?=FF=FE?="),
+        _plain(REPORT_LINES.encode(), "utf-8", subject=b"\xff\xfe raw 8-bit \xc3\x28"),
+        _plain(REPORT_LINES.encode(), "utf-8", encoding="x-uuencode"),
+        _plain(b"=E1=BB=\n=ZZ" + REPORT_LINES.encode(), "utf-8", encoding="quoted-printable"),
+    ],
+    ids=[
+        "invalid-utf8",
+        "unknown-charset",
+        "charset-garbage",
+        "utf16-labelled-utf8",
+        "utf7",
+        "bad-encoded-words",
+        "8bit-header",
+        "unknown-transfer-encoding",
+        "broken-quoted-printable",
+    ],
+)
+def test_invalid_utf8_and_charsets_never_crash(raw: bytes) -> None:
+    parsed = check(raw)
+    for report in parsed.reports:
+        for value in (report.full_name, report.phone, report.came_from):
+            assert value is None or value == value.strip()
+
+
+def test_unknown_charset_still_reads_utf8_reports() -> None:
+    parsed = check(_plain(REPORT_LINES.encode(), "x-unknown-charset"))
+    assert [report.full_name for report in parsed.reports] == ["Nguyễn Văn An"]
+
+
+VALUES = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters=":\r\n"), max_size=40
+)
+
+
+@FUZZ
+@given(name=VALUES, address=VALUES, came_from=VALUES)
+def test_report_text_is_nfc_without_control_characters(
+    name: str, address: str, came_from: str
+) -> None:
+    body = (
+        f"Họ và tên: {name}\nSố điện thoại: 0905123456\nĐịa chỉ: {address}\nĐi về từ: {came_from}\n"
+    )
+    parsed = check(_plain(body.encode("utf-8"), "utf-8"))
+    for report in parsed.reports:
+        for value in (report.full_name, report.address, report.came_from):
+            if value is None:
+                continue
+            assert value == unicodedata.normalize("NFC", value)
+            assert value == value.strip() and "  " not in value
+            assert not any(unicodedata.category(ch) == "Cc" for ch in value), repr(value)
