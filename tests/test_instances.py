@@ -11,6 +11,7 @@ sharing PostgreSQL and the same mailboxes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -30,12 +31,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from mailgen import notification as old_notification
 from reply_support import DOC, EPI, TRACKER, read, reply, text_of
-from servers import ImapServer, PostgresServer
+from servers import ImapServer, MakeConfig, PostgresServer
 from smtp_capture import SmtpCapture
 from sqlalchemy import func, select
 
-from mailtracker.config import ConfigError, config_from_dict
+from mailtracker.config import ConfigError, config_from_dict, load_config
+from mailtracker.mail.imap import MailboxPoller
 from mailtracker.mail.lease import LeaseLost, MailboxLease
+from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Case, CaseEvent, DigestSent, MailboxState, Message
 
@@ -148,6 +151,59 @@ def test_many_instances_racing_for_one_lease_get_one_holder(
         db.dispose()
     assert not errors, errors
     assert [len(race) for race in winners] == [1] * rounds, winners
+
+
+@contextlib.contextmanager
+def polling(poller: MailboxPoller) -> Iterator[threading.Event]:
+    """``poller.run`` in a thread until the block ends or the event it gives is set."""
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the poller did not honour stop"
+
+
+def test_a_poller_polls_only_while_it_holds_the_lease(
+    dovecot: ImapServer, make_config: MakeConfig, database: Database
+) -> None:
+    """Two pollers of one mailbox (without IDLE, sweeping less often than the lease lasts):
+    the second waits while the first renews its lease between sweeps, and takes over as soon
+    as the first stops."""
+    user = "cdc@example.org"
+    config = load_config(make_config({"cdc": [user]}, idle=False, poll_every="5s"))
+    settings = config.mailboxes[0]
+    ingestor = Ingestor(database, config)
+    duration = dt.timedelta(seconds=3)
+
+    def poller(owner: str) -> MailboxPoller:
+        lease = MailboxLease(database, settings.name, owner, duration=duration)
+        return MailboxPoller(settings, ingestor, lease=lease)
+
+    first, second = poller("first"), poller("second")
+    assert first.lease is not None and second.lease is not None
+    dovecot.append(user, old_notification(1, to=user))
+    with polling(first) as stop_first:
+        wait_for(lambda: all_processed(database, 1), 15, "the first message")
+        with polling(second):
+            time.sleep(2 * duration.total_seconds())  # longer than the lease: it was renewed
+            assert first.lease.held and not second.lease.held
+            assert first.lease.holder()[0] == "first"
+            dovecot.append(user, old_notification(2, to=user))
+            wait_for(lambda: all_processed(database, 2), 15, "the second message")
+            stop_first.set()
+            wait_for(lambda: first.lease.holder()[0] != "first", 10, "the first to release")
+            dovecot.append(user, old_notification(3, to=user))
+            took = wait_for(lambda: all_processed(database, 3), 15, "the takeover")
+            assert took < duration.total_seconds() + 2
+            assert second.lease.held and second.lease.holder()[0] == "second"
+    assert first.lease.holder()[0] is None  # released by the second when it stopped
+    with database.session(read_only=True) as session:
+        uids = session.scalars(select(Message.uid).order_by(Message.uid)).all()
+    assert list(uids) == dovecot.uids(user)
 
 
 def lease_config(**tracker: object) -> dt.timedelta:
