@@ -147,6 +147,8 @@ class TrackerSettings:
     max_message_bytes: int
     retention_days: int | None
     mailbox_lease: dt.timedelta
+    previous_secret_keys: tuple[Secret, ...] = ()
+    """Former ``secret_key`` values whose reply tokens are still accepted (a rotation's grace)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +341,7 @@ _TRACKER_KEYS = (
     "max_message_bytes",
     "retention_days",
     "mailbox_lease",
+    "previous_secret_keys",
 )
 _SMTP_KEYS = ("host", "port", "security", "username", "password", "from")
 _RULES_KEYS = tuple(rule.name for rule in fields(Rules))
@@ -524,6 +527,18 @@ class _Reader:
         )
         return Secret(key, "literal", value=value, config_path=self.path)
 
+    def secrets(self, table: Mapping[str, Any], where: str, name: str) -> tuple[Secret, ...]:
+        """An array of secret references, each read as :meth:`secret` reads one."""
+        value = self.raw(table, where, name, required=False)
+        if value is _MISSING:
+            return ()
+        if not isinstance(value, list):
+            self.error(_join(where, name), f"must be an array of strings, not {_kind(value)}")
+            return ()
+        items = {str(index): item for index, item in enumerate(value)}
+        found = (self.secret(items, _join(where, name), index) for index in items)
+        return tuple(secret for secret in found if secret is not None)
+
     def addresses(self, table: Mapping[str, Any], where: str, name: str) -> tuple[str, ...]:
         """An array of e-mail addresses, returned bare and lower-cased."""
         value = self.raw(table, where, name, required=False)
@@ -583,6 +598,7 @@ class _Reader:
             or 25 * 1024 * 1024,
             retention_days=self.integer(table, where, "retention_days", None, 1, 36500),
             mailbox_lease=self.mailbox_lease(table),
+            previous_secret_keys=self.secrets(table, where, "previous_secret_keys"),
         )
 
     def mailbox_lease(self, table: Mapping[str, Any]) -> dt.timedelta:

@@ -35,7 +35,13 @@ from mailtracker.domain.authz import normalize_address
 from mailtracker.domain.commands import Command, parse_command_line, subject_ref
 from mailtracker.domain.loops import ACK_LIMIT, ACK_WINDOW, ack_allowed, is_automatic
 from mailtracker.domain.notices import AckLine, AckModel
-from mailtracker.domain.tokens import find_token, make_token, token_message_id, verify_token
+from mailtracker.domain.tokens import (
+    TokenCheck,
+    find_token,
+    make_token,
+    token_message_id,
+    verify_token,
+)
 from mailtracker.domain.workflow import STATUSES, Status
 from mailtracker.mail.compose import compose, new_nonce
 from mailtracker.mail.outbox import enqueue
@@ -236,13 +242,24 @@ class ReplyService:
         if found is None:
             return _Token(None, "missing")
         max_age = dt.timedelta(days=self.config.tracker.reply_token_days)
-        check = verify_token(found, key=token_key(self.config), now=now, max_age=max_age)
+        check = self._verify(found, now, max_age)
         if check.reason == "expired" and check.issued is not None:
             expired_on = (check.issued + max_age).astimezone(self.tz).date()
             return _Token(check.unit_id, "expired", expired_on)
         if not check.ok:
             return _Token(None, check.reason or "malformed")
         return _Token(check.unit_id, None)
+
+    def _verify(self, token: str, now: dt.datetime, max_age: dt.timedelta) -> TokenCheck:
+        """Check ``token`` against ``secret_key``, then each of ``previous_secret_keys``."""
+        previous = self.config.tracker.previous_secret_keys
+        check = verify_token(token, key=token_key(self.config), now=now, max_age=max_age)
+        for secret in previous:
+            if check.reason != "bad_signature":
+                break
+            key = secret.reveal().encode("utf-8")
+            check = verify_token(token, key=key, now=now, max_age=max_age)
+        return check
 
     def _sender_unit(self, sender: str, token_unit: str | None) -> UnitSettings | None:
         """The unit the sender acts for: the token's when on its staff, else their first."""
