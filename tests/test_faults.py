@@ -97,13 +97,22 @@ def staff_reply(alert: Captured, sender: str) -> tuple[bytes, str]:
 
 @pytest.mark.timeout(240)
 def test_kill_9_at_random_points_loses_and_repeats_nothing(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[Daemon]
+    tmp_path: Path,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    daemons: list[Daemon],
+    database_url: str,
 ) -> None:
+    """On SQLite and on PostgreSQL: each round starts the daemon, delivers notifications and
+    replies to the alerts so far at a random moment, and kills it at another."""
     rng = random.Random(SEED)
-    senders = [f"staff{number}@cdc.example.org" for number in range(4)]
-    config, env = write_config(tmp_path, dovecot, smtp_server.port, staff=senders)
-    url = f"sqlite:///{tmp_path / 'tracker.db'}"
-    numbers = list(range(4 * (KILLS + 1)))
+    per_round = 6
+    # six replies a round: enough senders to stay under the acknowledgement rate limit
+    senders = [f"staff{number}@cdc.example.org" for number in range(per_round + 1)]
+    url = database_url
+    config, env = write_config(tmp_path, dovecot, smtp_server.port, staff=senders, database=url)
+    open_database(url).dispose()  # the schema, so that the checks below can read it
+    numbers = list(range(per_round * (KILLS + 1)))
     chunks = [numbers[i :: KILLS + 1] for i in range(KILLS + 1)]
     delivered: list[str] = []
     replies: dict[str, int] = {}
@@ -125,8 +134,9 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
     for round_number in range(KILLS):
         daemon = Daemon(config, env, tmp_path / f"run-{round_number}.log")
         daemons.append(daemon)
+        time.sleep(rng.uniform(0.0, 1.5))
         deliver(chunks[round_number])
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(rng.uniform(0.0, 1.2))
         assert daemon.alive(), daemon.text()[-3000:]
         daemon.kill()
     last = Daemon(config, env, tmp_path / "last.log")
@@ -153,7 +163,7 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
         delivered=delivered, report_ids=[report_id(n) for n in numbers], replies=replies
     )
     assert check_invariants(url, smtp_server.messages, expected) == []
-    assert len(replies) >= len(numbers) - 4  # replies took part in (nearly) every round
+    assert len(replies) == len(numbers)
 
 
 def _acks_queued(db: Database) -> int:
