@@ -6,7 +6,9 @@ own, which succeeds only when the lease is free, expired or already held by the 
 PostgreSQL the row lock and READ COMMITTED's re-check of the WHERE clause, on SQLite
 ``BEGIN IMMEDIATE``, let exactly one instance win. The holder renews it every third of its
 duration and releases it on a clean stop; a holder that dies stops renewing, and another
-instance takes the mailbox over once the lease has expired.
+instance takes the mailbox over once the lease has expired. An instance on the same machine
+does not wait for that: a lease whose owner is a process of this machine that no longer exists
+(killed, crashed) is taken over at once, so a restart after a crash resumes polling at once.
 
 Expiry is read against each instance's own clock: the machines running instances must keep
 their clocks in sync (NTP); a skew shortens or lengthens the lease by as much.
@@ -21,9 +23,11 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from mailtracker.store.db import Database
 from mailtracker.store.models import MailboxState
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = dt.timedelta(seconds=60)
 OWNER_LENGTH = 255
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+PID_NAMESPACE = Path("/proc/self/ns/pid")
 
 Clock = Callable[[], dt.datetime]
 
@@ -40,9 +46,36 @@ class LeaseLost(Exception):
     """Another instance holds the lease now: this one must stop touching the mailbox."""
 
 
+def machine_id() -> str:
+    """This machine as lease owners name it: the host name and, on Linux, the boot id and the
+    process-id namespace, so that a process id is only ever looked up among the processes it
+    belongs to (not those of another container or of the system before a reboot)."""
+    parts = [socket.gethostname().replace(":", "-")]
+    try:
+        parts.append(BOOT_ID.read_text().strip()[:8])
+        parts.append("".join(filter(str.isdigit, os.readlink(PID_NAMESPACE))))
+    except OSError:
+        pass
+    return "/".join(parts)
+
+
 def instance_id() -> str:
-    """A name for this process among the instances: host, process id and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[-OWNER_LENGTH:]
+    """A name for this process among the instances: machine, process id and a random part."""
+    return f"{machine_id()}:{os.getpid()}:{secrets.token_hex(4)}"[-OWNER_LENGTH:]
+
+
+def is_gone_local_process(owner: str) -> bool:
+    """Whether ``owner`` names a process of this machine that no longer runs."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != machine_id():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, under another user
+        return False
+    return False
 
 
 def utc_now() -> dt.datetime:
@@ -107,10 +140,30 @@ class MailboxLease:
                 .execution_options(synchronize_session=False)
             )
             held: bool = result.rowcount == 1  # type: ignore[attr-defined]
+            if not held:
+                held = self._take_from_gone_process(session, now)
         if held:
             self._renewed_at = started
         self.held = held
         return held
+
+    def _take_from_gone_process(self, session: Session, now: dt.datetime) -> bool:
+        """Take the lease over from a process of this machine that died holding it."""
+        owner = session.scalar(
+            select(MailboxState.lease_owner).where(MailboxState.mailbox == self.mailbox)
+        )
+        if owner is None or owner == self.owner or not is_gone_local_process(owner):
+            return False
+        result = session.execute(
+            update(MailboxState)
+            .where(MailboxState.mailbox == self.mailbox, MailboxState.lease_owner == owner)
+            .values(lease_owner=self.owner, lease_expires_at=now + self.duration)
+            .execution_options(synchronize_session=False)
+        )
+        taken: bool = result.rowcount == 1  # type: ignore[attr-defined]
+        if taken:
+            log.info("%s: lease of stopped instance %s taken over", self.mailbox, owner)
+        return taken
 
     def keep(self) -> None:
         """Renew the lease when due; :class:`LeaseLost` when another instance has it."""
