@@ -38,8 +38,14 @@ from smtp_capture import SmtpCapture
 from sqlalchemy import func, select
 
 from mailtracker.config import ConfigError, config_from_dict, load_config
-from mailtracker.mail.imap import MailboxPoller
-from mailtracker.mail.lease import LeaseLost, MailboxLease, instance_id, machine_id
+from mailtracker.mail.imap import MailboxPoller, poll_all_once
+from mailtracker.mail.lease import (
+    LeaseLost,
+    MailboxLease,
+    instance_id,
+    lease_factory,
+    machine_id,
+)
 from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Case, CaseEvent, DigestSent, MailboxState, Message
@@ -206,6 +212,25 @@ def test_a_poller_polls_only_while_it_holds_the_lease(
     with database.session(read_only=True) as session:
         uids = session.scalars(select(Message.uid).order_by(Message.uid)).all()
     assert list(uids) == dovecot.uids(user)
+
+
+def test_a_single_pass_leaves_a_mailbox_held_by_a_running_instance_to_it(
+    dovecot: ImapServer, make_config: MakeConfig, database: Database
+) -> None:
+    user = "cdc@example.org"
+    config = load_config(make_config({"cdc": [user]}))
+    name = config.mailboxes[0].name
+    ingestor = Ingestor(database, config)
+    running = MailboxLease(database, name, "elsewhere/0/1:1:0000")
+    assert running.acquire()
+    dovecot.append(user, old_notification(1, to=user))
+    leases = lease_factory(database, owner="poll-once")
+    assert poll_all_once(config, ingestor, lease_for=leases) == {name: None}
+    assert scalar_count(database, Message) == 0
+    running.release()
+    assert poll_all_once(config, ingestor, lease_for=leases) == {name: None}
+    assert all_processed(database, 1)
+    assert running.holder() == (None, None)  # the pass gave its lease back
 
 
 def dead_pid() -> int:

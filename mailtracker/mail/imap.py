@@ -29,7 +29,7 @@ from typing import Protocol
 from imapclient import IMAPClient
 
 from mailtracker.config import Config, ConfigError, MailboxSettings, Secret
-from mailtracker.mail.lease import LeaseLost, MailboxLease
+from mailtracker.mail.lease import LeaseFactory, LeaseLost, MailboxLease
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ BACKOFF_CAP_SECONDS = 300.0
 MAX_ERROR_LENGTH = 300
 
 Clock = Callable[[], dt.datetime]
-LeaseFactory = Callable[[MailboxSettings], MailboxLease]
 
 
 class Ingestor(Protocol):
@@ -188,7 +187,8 @@ class MailboxPoller:
     def poll_once(self) -> int:
         """Connect, fetch what is new, process it, disconnect; the number of messages stored.
 
-        A failure is recorded against the mailbox and raised again.
+        A failure is recorded against the mailbox and raised again (losing the lease, raised
+        as :class:`LeaseLost`, is no failure of the mailbox).
         """
         try:
             client = connect(self.settings, timeout=self.timeout)
@@ -196,6 +196,8 @@ class MailboxPoller:
                 return self.sync(client)
             finally:
                 close(client)
+        except LeaseLost:
+            raise
         except Exception as error:
             self._record_failure(error)
             raise
@@ -289,7 +291,7 @@ class MailboxPoller:
         try:
             self._run(stop)
         finally:
-            self._release_lease()
+            self.release_lease()
         log.info("%s: poller stopped", self.name)
 
     def _run(self, stop: threading.Event) -> None:
@@ -355,7 +357,8 @@ class MailboxPoller:
         if self.lease is not None:
             self.lease.keep()
 
-    def _release_lease(self) -> None:
+    def release_lease(self) -> None:
+        """Give the lease up when held (it would expire on its own otherwise)."""
         if self.lease is None or not self.lease.held:
             return
         try:
@@ -436,18 +439,32 @@ def poll_all_once(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     timeout: float = DEFAULT_TIMEOUT,
+    lease_for: LeaseFactory | None = None,
 ) -> dict[str, str | None]:
-    """One pass over every mailbox; maps each mailbox name to None (success) or its error."""
+    """One pass over every mailbox; maps each mailbox name to None (success) or its error.
+
+    With ``lease_for``, a mailbox is read under its lease, and one that a running instance
+    holds is left to it (and counts as a success).
+    """
     results: dict[str, str | None] = {}
     for settings in config.mailboxes:
-        poller = MailboxPoller(settings, ingestor, batch_size=batch_size, timeout=timeout)
+        lease = lease_for(settings) if lease_for is not None else None
+        poller = MailboxPoller(
+            settings, ingestor, batch_size=batch_size, timeout=timeout, lease=lease
+        )
+        results[settings.name] = None
         try:
-            poller.poll_once()
+            if lease is None or lease.acquire():
+                poller.poll_once()
+            else:
+                log.info("%s: polled by instance %s; left to it", settings.name, lease.holder()[0])
+        except LeaseLost:
+            log.info("%s: taken over by another instance during the pass", settings.name)
         except Exception as error:
             results[settings.name] = describe_error(error)
             log.error("%s: poll failed: %s", settings.name, results[settings.name])
-        else:
-            results[settings.name] = None
+        finally:
+            poller.release_lease()
     return results
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailtracker.config import MailboxSettings
 from mailtracker.store.db import Database
 from mailtracker.store.models import MailboxState
 
@@ -40,6 +41,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 PID_NAMESPACE = Path("/proc/self/ns/pid")
 
 Clock = Callable[[], dt.datetime]
+LeaseFactory = Callable[[MailboxSettings], "MailboxLease"]
 
 
 class LeaseLost(Exception):
@@ -191,3 +193,16 @@ class MailboxLease:
             if state is None:
                 return None, None
             return state.lease_owner, state.lease_expires_at
+
+
+def lease_factory(
+    db: Database, *, duration: dt.timedelta = DEFAULT_LEASE, owner: str | None = None
+) -> LeaseFactory:
+    """Leases of this process (``owner``, by default a new :func:`instance_id`) on any
+    mailbox, for :func:`mailtracker.mail.imap.start_pollers` and ``poll_all_once``."""
+    name = owner if owner is not None else instance_id()
+
+    def lease_for(settings: MailboxSettings) -> MailboxLease:
+        return MailboxLease(db, settings.name, name, duration=duration)
+
+    return lease_for
