@@ -5,13 +5,17 @@ record at INFO level or above."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from fault_support import INBOX, Daemon, check_invariants, wait_until, write_config
+from fault_support import INBOX, ROOT, Daemon, check_invariants, wait_until, write_config
 from reply_support import reply
 from servers import ImapServer
 from smtp_capture import Captured, SmtpCapture
@@ -54,8 +58,26 @@ def records_at_info_or_above(log: str) -> list[str]:
     return ["\n".join(lines) for level, lines in records if level != "DEBUG"]
 
 
+def digests(messages: list[Captured]) -> list[Captured]:
+    return [m for m in messages if "Bản tin" in m.subject]
+
+
 def digest_of(messages: list[Captured]) -> Captured | None:
-    return next((m for m in messages if "Bản tin" in m.subject), None)
+    return next(iter(digests(messages)), None)
+
+
+def cli(
+    config: Path, env: dict[str, str], level: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailtracker", "--config", str(config), "--log-level", level,
+         *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"sample corpus not found at {CORPUS}")
@@ -72,12 +94,26 @@ def test_no_personal_data_in_the_log_at_info(
     for sample in samples:
         dovecot.append(INBOX, fresh(sample.read_bytes()))
     db = open_database(url)
+    cli_logs: list[str] = []
     daemon = Daemon(config, env, tmp_path / "run.log", level=level)
     try:
         assert wait_until(lambda: _count_processed(url) == len(samples), 60), daemon.text()[-3000:]
-        digest = smtp_server.wait_for(lambda ms: digest_of(ms) is not None, timeout=60)
-        found = digest_of(digest)
-        assert found is not None
+        smtp_server.wait_for(lambda ms: digest_of(ms) is not None, timeout=60)
+        # today's digest went out at start, before the mail was read: tomorrow's lists the cases
+        tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
+        commands = [
+            ["digest", "--unit", "cdc", "--date", tomorrow],
+            ["cases"],
+            ["export", "--format", "csv", "--output", str(tmp_path / "cases.csv")],
+        ]
+        for command in commands:
+            result = cli(config, env, level, *command)
+            assert result.returncode == 0, result.stderr
+            cli_logs.append(result.stderr)
+        sent = smtp_server.wait_for(lambda ms: len(digests(ms)) == 2, timeout=30)
+        found = digests(sent)[-1]
+        assert any(case_name in found.message.get_body(("plain",)).get_content()
+                   for case_name in secrets)  # fmt: skip
         with db.session(read_only=True) as session:
             cases = list(session.scalars(select(Case).where(Case.full_name.is_not(None))))
         first, second = cases[0], cases[1]
@@ -96,7 +132,7 @@ def test_no_personal_data_in_the_log_at_info(
         db.dispose()
         status = daemon.stop()
     assert status == 0
-    log = daemon.text()
+    log = "\n".join([daemon.text(), *cli_logs])
     assert "daemon stopped" in log
     if level == "DEBUG":
         assert " DEBUG " in log
