@@ -25,7 +25,7 @@ from reply_support import EPI, NOW, SECRET, config_data, reply
 from servers import ImapServer
 from smtp_capture import SmtpCapture
 from sqlalchemy import select
-from test_parse_fuzz import _mail_with_attachment
+from test_parse_fuzz import SAMPLES, _mail_with_attachment, mutated_samples
 
 from mailtracker.cli import main as cli_main
 from mailtracker.config import config_from_dict
@@ -279,9 +279,12 @@ INGEST_FUZZ = settings(
 )
 
 
+HOSTILE = st.sampled_from([hostile_notification()])
+MAIL = st.one_of(st.binary(max_size=2048), HOSTILE, *([mutated_samples()] if SAMPLES else []))
+
+
 @INGEST_FUZZ
-@given(raws=st.lists(st.binary(max_size=2048) | st.sampled_from([hostile_notification()]),
-                     min_size=1, max_size=4))  # fmt: skip
+@given(raws=st.lists(MAIL, min_size=1, max_size=4))
 def test_any_bytes_are_stored_and_processed_never_lost(
     tmp_path_factory: pytest.TempPathFactory, raws: list[bytes]
 ) -> None:
