@@ -26,6 +26,7 @@ FULL = {
     "scale_levels": "10000,100000,300000",
     "latency_messages": 200,
     "replies": 20,
+    "burst": 20,
     "digest_cases": 50_000,
 }
 QUICK = {
@@ -34,6 +35,7 @@ QUICK = {
     "scale_levels": "1000,10000,30000",
     "latency_messages": 30,
     "replies": 5,
+    "burst": 10,
     "digest_cases": 5_000,
 }
 
@@ -50,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-levels", help="scale: stored cases, comma-separated")
     p.add_argument("--latency-messages", type=int, help="latency: notifications (200)")
     p.add_argument("--replies", type=int, help="latency: replies to acknowledge (20)")
+    p.add_argument("--burst", type=int, help="latency: notifications in a burst (20)")
     p.add_argument("--digest-cases", type=int, help="digests: stored cases (50000)")
     p.add_argument("--units", type=int, default=10, help="digests: units (10)")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL ingest run")
@@ -122,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     profile=args.profile,
                 )
             if "latency" in sections:
-                latency.measure(results, imap, work, args.latency_messages, args.replies)
+                latency.measure(
+                    results, imap, work, args.latency_messages, args.replies, args.burst
+                )
             if "scale" in sections:
                 ingest.scale(results, imap, work, args.scale_messages, levels)
         if "digests" in sections:
@@ -133,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     results.options["seconds"] = round(time.perf_counter() - started, 1)
+    results.machine["load average at end"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     print()
     print(", ".join(f"{key}: {value}" for key, value in results.machine.items()))
     print("ratio = cost relative to the baseline (1.00: as fast or as small as the baseline)")
