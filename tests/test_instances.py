@@ -214,6 +214,28 @@ def test_a_poller_polls_only_while_it_holds_the_lease(
     assert list(uids) == dovecot.uids(user)
 
 
+def test_a_lease_left_by_an_instance_of_another_machine_is_taken_when_it_expires(
+    dovecot: ImapServer, make_config: MakeConfig, database: Database
+) -> None:
+    """As after ``kill -9`` of an instance elsewhere: its lease is waited for, not broken."""
+    user = "cdc@example.org"
+    config = load_config(make_config({"cdc": [user]}))
+    settings = config.mailboxes[0]
+    duration = dt.timedelta(seconds=3)
+    left = MailboxLease(database, settings.name, "elsewhere/0/1:1:0000", duration=duration)
+    assert left.acquire()
+    _, expires = left.holder()
+    assert expires is not None
+    dovecot.append(user, old_notification(1, to=user))
+    lease = MailboxLease(database, settings.name, instance_id(), duration=duration)
+    with polling(MailboxPoller(settings, Ingestor(database, config), lease=lease)):
+        took = wait_for(lambda: all_processed(database, 1), 20, "the takeover")
+    assert took < duration.total_seconds() + lease.renew_every + 5
+    with database.session(read_only=True) as session:
+        stored_at = session.scalar(select(Message.received_at))
+    assert stored_at is not None and stored_at >= expires
+
+
 def test_a_single_pass_leaves_a_mailbox_held_by_a_running_instance_to_it(
     dovecot: ImapServer, make_config: MakeConfig, database: Database
 ) -> None:
