@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import email
 import email.policy
+import logging
 import os
 import re
 import signal
@@ -212,6 +213,34 @@ def test_a_poller_polls_only_while_it_holds_the_lease(
     with database.session(read_only=True) as session:
         uids = session.scalars(select(Message.uid).order_by(Message.uid)).all()
     assert list(uids) == dovecot.uids(user)
+
+
+def test_a_poller_whose_lease_is_taken_stops_touching_the_mailbox(
+    dovecot: ImapServer,
+    make_config: MakeConfig,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As when this instance stalled past its lease and another one took the mailbox."""
+    caplog.set_level(logging.INFO, logger="mailtracker.mail.imap")
+    user = "cdc@example.org"
+    config = load_config(make_config({"cdc": [user]}, idle=True, poll_every="1h"))
+    settings = config.mailboxes[0]
+    duration = dt.timedelta(seconds=3)
+    lease = MailboxLease(database, settings.name, instance_id(), duration=duration)
+    dovecot.append(user, old_notification(1, to=user))
+    with polling(MailboxPoller(settings, Ingestor(database, config), lease=lease)):
+        wait_for(lambda: all_processed(database, 1), 15, "the first message")
+        with database.session() as session:  # another instance takes the lease for a minute
+            state = session.get_one(MailboxState, settings.name)
+            state.lease_owner = "elsewhere/0/1:1:0000"
+            state.lease_expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        wait_for(lambda: "lease taken over by another instance" in caplog.text, 10, "the loss")
+        dovecot.append(user, old_notification(2, to=user))
+        time.sleep(2 * duration.total_seconds())
+        assert scalar_count(database, Message) == 1
+        assert not lease.held
+    assert lease.holder()[0] == "elsewhere/0/1:1:0000"  # not released: it was not ours
 
 
 def test_a_lease_left_by_an_instance_of_another_machine_is_taken_when_it_expires(
