@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from reply_support import reply
 from servers import ImapServer, MakeConfig
-from sqlalchemy import select
+from sqlalchemy import func, select
 from store_support import notification
 
+from mailtracker.config import load_config
+from mailtracker.mail.lease import MailboxLease
 from mailtracker.store.db import open_database
-from mailtracker.store.models import Case, CaseEvent, OutboxMessage
+from mailtracker.store.models import Case, CaseEvent, Message, OutboxMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -93,5 +95,30 @@ def test_poll_once_alerts_high_risk_cases_and_applies_replies(
                 select(OutboxMessage).where(OutboxMessage.dedup_key.like("ack:%"))
             ).all()
             assert [ack.recipients for ack in acks] == [[STAFF]]
+    finally:
+        db.dispose()
+
+
+def test_poll_once_leaves_a_mailbox_to_the_instance_that_holds_it(
+    make_config: MakeConfig, dovecot: ImapServer
+) -> None:
+    config = make_config({"cdc": ["cdc@example.org"]}, idle=False)
+    dovecot.append("cdc@example.org", notification(to="cdc@example.org"))
+    db = open_database(f"sqlite:///{config.parent / 'mailtracker.db'}")
+    try:
+        [mailbox] = load_config(config).mailboxes
+        other = MailboxLease(
+            db, mailbox.name, "other-host:1:daemon", duration=dt.timedelta(minutes=5)
+        )
+        assert other.acquire()
+        held = poll_once(config)
+        assert held.returncode == 0, held.stderr
+        with db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Message)) == 0
+        other.release()
+        free = poll_once(config)
+        assert free.returncode == 0, free.stderr
+        with db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Message)) == 1
     finally:
         db.dispose()

@@ -10,6 +10,7 @@ from types import FrameType
 
 from mailtracker.cli.common import config_from_args
 from mailtracker.mail.imap import DEFAULT_BATCH_SIZE, poll_all_once, start_pollers
+from mailtracker.mail.lease import lease_factory
 from mailtracker.services.alerts import HighRiskAlerter
 from mailtracker.services.ingest import Ingestor
 from mailtracker.services.replies import ReplyService
@@ -57,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
             reply_handler=ReplyService(config),
             case_handler=HighRiskAlerter(config),
         )
+        # Under the mailbox leases, so a running daemon's mailboxes are left to it.
+        lease_for = lease_factory(database, duration=config.tracker.mailbox_lease)
         if args.once:
-            return report(poll_all_once(config, ingestor, batch_size=args.batch_size))
+            return report(
+                poll_all_once(config, ingestor, batch_size=args.batch_size, lease_for=lease_for)
+            )
         stop = threading.Event()
 
         def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        threads = start_pollers(config, ingestor, stop, batch_size=args.batch_size)
+        threads = start_pollers(
+            config, ingestor, stop, batch_size=args.batch_size, lease_for=lease_for
+        )
         while not stop.wait(1.0):
             pass
         for thread in threads:
