@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def table(figures: Sequence[Figure]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGTERM ends the run through the cleanup (servers stopped, working directory removed).
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     sizes = QUICK if args.quick else FULL
     for name, value in sizes.items():
         if getattr(args, name) is None:

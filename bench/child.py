@@ -1,10 +1,10 @@
 """What the benchmarks run in a child process of their own, so that each one's peak RSS is its
-own (``os.wait4`` in the parent reads it): ``python -m bench.child poll CONFIG`` runs the real
+own: ``python -m bench.child poll CONFIG`` runs the real
 ``mailtracker poll --once``; ``python -m bench.child baseline HOST PORT USER PASSWORD BATCH``
 fetches the mailbox with imapclient and parses every message with mail-parser, no database.
 
-Each prints one JSON object: ``seconds`` (the work itself, interpreter start-up excluded) and
-``messages``.
+Each prints one JSON object: ``seconds`` (the work itself, interpreter start-up excluded),
+``messages`` and ``max_rss_mb`` (its peak RSS).
 """
 
 from __future__ import annotations
@@ -59,6 +59,19 @@ def baseline(host: str, port: int, user: str, password: str, batch: int) -> dict
     return {"seconds": seconds, "messages": len(uids), "with_message_id": parsed}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size since it started (``VmHWM``).
+
+    Unlike ``ru_maxrss`` read by the parent with ``wait4``, it does not include the parent's
+    own peak, which Linux carries over into a child's rusage across fork and exec.
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main(argv: Sequence[str]) -> int:
     command, *args = argv
     if command == "poll":
@@ -68,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
         result = baseline(host, int(port), user, password, int(batch))
     else:
         raise SystemExit(f"unknown command {command!r}")
-    print(json.dumps(result))
+    print(json.dumps(result | {"max_rss_mb": peak_rss_mb()}))
     return 0
 
 

@@ -116,7 +116,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_child(args: Sequence[str], *, timeout: float = 1800) -> ChildResult:
-    """Run ``python -m bench.child ARGS``; its JSON output, wall time and peak RSS (wait4)."""
+    """Run ``python -m bench.child ARGS``; its JSON output, wall time and peak RSS."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(
@@ -142,8 +142,10 @@ def run_child(args: Sequence[str], *, timeout: float = 1800) -> ChildResult:
         stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"bench.child {args[0]} failed ({process.returncode}):\n{stderr}")
-    # ru_maxrss is in kilobytes on Linux
-    return ChildResult(json.loads(stdout.strip().splitlines()[-1]), wall, usage.ru_maxrss / 1024)
+    output = json.loads(stdout.strip().splitlines()[-1])
+    # The child's own VmHWM; ru_maxrss (kilobytes) would include the parent's peak at fork.
+    peak = output.get("max_rss_mb") or usage.ru_maxrss / 1024
+    return ChildResult(output, wall, peak)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
