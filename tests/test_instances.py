@@ -207,7 +207,8 @@ def test_a_poller_polls_only_while_it_holds_the_lease(
             wait_for(lambda: first.lease.holder()[0] != "first", 10, "the first to release")
             dovecot.append(user, old_notification(3, to=user))
             took = wait_for(lambda: all_processed(database, 3), 15, "the takeover")
-            assert took < duration.total_seconds() + 2
+            # Within a renewal period and a sweep; slack for a busy machine.
+            assert took < duration.total_seconds() + 5
             assert second.lease.held and second.lease.holder()[0] == "second"
     assert first.lease.holder()[0] is None  # released by the second when it stopped
     with database.session(read_only=True) as session:
