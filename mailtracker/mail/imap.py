@@ -404,8 +404,15 @@ class MailboxPoller:
 
     def _idle(self, client: IMAPClient, stop: threading.Event, until: float) -> None:
         """IDLE until new mail is announced, ``until`` (monotonic) passes, the IDLE is due for
-        renewal or ``stop`` is set; the lease is renewed meanwhile."""
+        renewal or ``stop`` is set; the lease is renewed meanwhile.
+
+        Mail that arrived during the last pass is not announced by an IDLE started after it:
+        a NOOP first reports it, and the poller then syncs at once instead of idling.
+        """
         renew_at = min(until, time.monotonic() + IDLE_RENEW_SECONDS)
+        _, responses = client.noop()
+        if any(_announces_mail(response) for response in responses):
+            return
         client.idle()
         healthy = False
         try:
