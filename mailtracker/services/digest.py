@@ -11,11 +11,14 @@ import datetime as dt
 import io
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-from sqlalchemy import exists, select
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +30,7 @@ from mailtracker.domain.digest import (
     QuarantinedMail,
     build_digest,
 )
-from mailtracker.domain.workflow import local_day
+from mailtracker.domain.workflow import STATUSES, local_day
 from mailtracker.mail.outbox import enqueue
 from mailtracker.render import RenderedMail, render_digest
 from mailtracker.services.outgoing import DIGEST_TOKEN, compose_for_unit
@@ -72,29 +75,49 @@ def digest_recorded(session: Session, unit_id: str, day: dt.date) -> bool:
     return bool(found)
 
 
-def _snapshot(case: Case) -> CaseSnapshot:
+_SNAPSHOT_COLUMNS = (
+    Case.id,
+    Case.ref,
+    Case.status,
+    Case.outcome,
+    Case.owner_unit,
+    Case.full_name,
+    Case.phone,
+    Case.commune,
+    Case.received_at,
+    Case.verify_by,
+    Case.period_end,
+    Case.next_followup_due,
+    Case.created_at,
+)
+"""The columns a ``CaseSnapshot`` is made of, read as plain tuples rather than ORM objects."""
+
+
+def _snapshot(row: Any) -> CaseSnapshot:
     return CaseSnapshot(
-        ref=case.ref or f"#{case.id}",
-        status=case.status,  # type: ignore[arg-type]
-        outcome=case.outcome,  # type: ignore[arg-type]
-        owner_unit=case.owner_unit,
-        full_name=case.full_name,
-        phone=case.phone,
-        commune=case.commune,
-        received_at=case.received_at,
-        verify_by=case.verify_by,
-        period_end=case.period_end,
-        next_followup_due=case.next_followup_due,
-        created_at=case.created_at,
+        ref=row.ref or f"#{row.id}",
+        status=row.status,
+        outcome=row.outcome,
+        owner_unit=row.owner_unit,
+        full_name=row.full_name,
+        phone=row.phone,
+        commune=row.commune,
+        received_at=row.received_at,
+        verify_by=row.verify_by,
+        period_end=row.period_end,
+        next_followup_due=row.next_followup_due,
+        created_at=row.created_at,
     )
 
 
-def _cell(value: Any) -> Any:
-    """A value openpyxl writes as itself: strings without illegal characters; local naive
-    timestamps (the sheet has no time zones)."""
-    if isinstance(value, str):
-        return ILLEGAL_CHARACTERS_RE.sub(" ", value)
-    return value
+def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
+    """A value openpyxl writes as itself: text as a text cell (never a formula) without
+    illegal characters; anything else, such as local naive timestamps, unchanged."""
+    if not isinstance(value, str):
+        return value
+    cell = WriteOnlyCell(sheet, ILLEGAL_CHARACTERS_RE.sub(" ", value))
+    cell.data_type = "s"
+    return cell
 
 
 class DigestService:
@@ -119,7 +142,6 @@ class DigestService:
         unit = self.config.unit(unit_id)
         moment = self.as_of(unit, day, now)
         visible = select(CaseUnit.case_id).where(CaseUnit.unit_id == unit.id)
-        cases = session.scalars(select(Case).where(Case.id.in_(visible)).order_by(Case.id)).all()
         since = session.scalar(
             select(DigestSent.sent_at)
             .where(DigestSent.unit_id == unit.id, DigestSent.date < day)
@@ -127,8 +149,37 @@ class DigestService:
             .limit(1)
         )
         window_start = since if since is not None else moment - dt.timedelta(days=1)
+        counts = dict(
+            session.execute(
+                select(Case.status, func.count()).where(Case.id.in_(visible)).group_by(Case.status)
+            ).all()
+        )
+        # Closed cases only matter to the "new" section: the memory used stays flat however
+        # many cases the unit has closed.
+        cases = [
+            _snapshot(row)
+            for row in session.execute(
+                select(*_SNAPSHOT_COLUMNS)
+                .where(
+                    Case.id.in_(visible),
+                    or_(
+                        Case.status != "closed",
+                        and_(Case.created_at > window_start, Case.created_at <= moment),
+                    ),
+                )
+                .order_by(Case.id)
+            )
+        ]
         events = session.execute(
-            select(CaseEvent, Case.ref)
+            select(
+                CaseEvent.case_id,
+                Case.ref,
+                CaseEvent.at,
+                CaseEvent.actor,
+                CaseEvent.action,
+                CaseEvent.from_status,
+                CaseEvent.to_status,
+            )
             .join(Case, Case.id == CaseEvent.case_id)
             .where(
                 CaseEvent.case_id.in_(visible),
@@ -137,8 +188,8 @@ class DigestService:
             )
             .order_by(CaseEvent.at, CaseEvent.id)
         ).all()
-        quarantined = session.scalars(
-            select(Message)
+        quarantined = session.execute(
+            select(Message.received_at, Message.mailbox, Message.error)
             .where(
                 Message.unit_id == unit.id,
                 Message.quarantined.is_(True),
@@ -146,19 +197,19 @@ class DigestService:
             )
             .order_by(Message.received_at)
         ).all()
-        model = build_digest(
+        built = build_digest(
             unit,
-            [_snapshot(case) for case in cases],
+            cases,
             [
                 EventSnapshot(
-                    ref=ref or f"#{event.case_id}",
+                    ref=event.ref or f"#{event.case_id}",
                     at=event.at,
                     actor=event.actor,
                     action=event.action,
                     from_status=event.from_status,
                     to_status=event.to_status,
                 )
-                for event, ref in events
+                for event in events
             ],
             [
                 QuarantinedMail(
@@ -172,6 +223,10 @@ class DigestService:
             tz=self.tz,
             since=window_start,
         )
+        # The core counted only the cases it was given; the counts cover every visible case.
+        model = replace(
+            built, counts_by_status={status: counts.get(status, 0) for status in STATUSES}
+        )
         mail = render_digest(model, prefix=self.config.tracker.case_prefix)
         open_cases = [case for case in cases if case.status != "closed"]
         xlsx = (
@@ -181,15 +236,15 @@ class DigestService:
         )
         return BuiltDigest(model, mail.subject, mail.text, mail.html or "", xlsx)
 
-    def open_cases_xlsx(self, cases: Sequence[Case], language: str) -> bytes:
+    def open_cases_xlsx(self, cases: Sequence[CaseSnapshot], language: str) -> bytes:
         """A sheet of open cases: reference, name, phone, commune, status and deadlines only.
 
-        Every text cell is stored as text, so a name such as ``=HYPERLINK(...)`` stays a name.
+        Every text cell is stored as text, so a name such as ``=HYPERLINK(...)`` stays a name;
+        timestamps are local and naive (the sheet has no time zones). Rows are streamed by a
+        write-only workbook.
         """
-        workbook = Workbook()
-        sheet = workbook.active
-        assert sheet is not None
-        sheet.title = "cases"
+        workbook = Workbook(write_only=True)
+        sheet = workbook.create_sheet("cases")
         sheet.append(XLSX_COLUMNS["vi" if language == "vi" else "en"])
 
         def local(value: dt.datetime | None) -> dt.datetime | None:
@@ -207,10 +262,7 @@ class DigestService:
                 case.period_end,
                 local(case.received_at),
             )
-            sheet.append([_cell(value) for value in row])
-            for cell in sheet[sheet.max_row]:
-                if isinstance(cell.value, str):
-                    cell.data_type = "s"
+            sheet.append([_cell(sheet, value) for value in row])
         buffer = io.BytesIO()
         workbook.save(buffer)
         return buffer.getvalue()
