@@ -16,9 +16,11 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.orm import Session
 
 from mailtracker.config import Config, Language
@@ -139,31 +141,42 @@ def to_csv(table: Export) -> bytes:
     return buffer.getvalue().encode("utf-8-sig")
 
 
+def _xlsx_cell(sheet: WriteOnlyWorksheet, value: Cell) -> Cell | WriteOnlyCell:
+    """A cell of the sheet: text stored as text, dates and timestamps with a number format."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        cell = WriteOnlyCell(sheet, _text(value))
+        cell.data_type = "s"
+        return cell
+    cell = WriteOnlyCell(sheet, value)
+    cell.number_format = DATETIME_FORMAT if isinstance(value, dt.datetime) else DATE_FORMAT
+    return cell
+
+
 def to_xlsx(table: Export) -> bytes:
     """An .xlsx workbook: a bold header row, frozen below it, with a filter; dates and
-    timestamps as real spreadsheet dates with a number format; text stored as text."""
-    workbook = Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.title = "cases"
-    sheet.append(list(table.headers))
-    for cell in sheet[1]:
-        cell.font = Font(bold=True)
-    for row in table.rows:
-        sheet.append([_text(value) if isinstance(value, str) else value for value in row])
-        for cell, value in zip(sheet[sheet.max_row], row, strict=True):
-            if isinstance(value, str):
-                cell.data_type = "s"
-            elif isinstance(value, dt.datetime):
-                cell.number_format = DATETIME_FORMAT
-            elif isinstance(value, dt.date):
-                cell.number_format = DATE_FORMAT
-    sheet.freeze_panes = "B2"
-    sheet.auto_filter.ref = sheet.dimensions
+    timestamps as real spreadsheet dates with a number format; text stored as text.
+
+    Rows are streamed by a write-only workbook, so column widths and panes come first."""
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("cases")
     for index, (key, header) in enumerate(zip(table.keys, table.headers, strict=True), start=1):
         width = 17 if key in TIMESTAMP_COLUMNS else 12 if key in DATE_COLUMNS else 0
         longest = max([len(header), *(len(str(row[index - 1] or "")) for row in table.rows)])
         sheet.column_dimensions[get_column_letter(index)].width = min(40, max(width, longest + 2))
+    sheet.freeze_panes = "B2"
+    bold = Font(bold=True)
+    header_cells = []
+    for header in table.headers:
+        cell = WriteOnlyCell(sheet, header)
+        cell.font = bold
+        header_cells.append(cell)
+    sheet.append(header_cells)
+    for row in table.rows:
+        sheet.append([_xlsx_cell(sheet, value) for value in row])
+    last_column = get_column_letter(max(len(table.headers), 1))
+    sheet.auto_filter.ref = f"A1:{last_column}{len(table.rows) + 1}"
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
