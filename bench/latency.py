@@ -262,20 +262,26 @@ def append_burst(
     writer: IMAPClient, reader: sqlite3.Connection, count: int, *, first: int
 ) -> list[float]:
     """APPEND ``count`` notifications :data:`BURST_GAP_SECONDS` apart, whatever the daemon is
-    doing (some arrive during a pass); the seconds from each APPEND to its case row."""
+    doing (some arrive during a pass), watching for their case rows all along; the seconds
+    from each APPEND to its case row."""
     appended: dict[str, float] = {}
+    seen: dict[str, float] = {}
+
+    def watch(until: float) -> None:
+        while True:
+            for wanted in appended.keys() - seen.keys():
+                if _has_case(reader, wanted):
+                    seen[wanted] = time.perf_counter()
+            if len(seen) == count or time.perf_counter() >= until:
+                return
+            time.sleep(POLL_STEP)
+
     for number in range(first, first + count):
         raw = mailgen.notification(number, "labels_qp", MAILBOX)
         appended[mailgen.report_id(number)] = time.perf_counter()
         writer.append("INBOX", raw)
-        time.sleep(BURST_GAP_SECONDS)
-    seen: dict[str, float] = {}
-    deadline = time.perf_counter() + WAIT_SECONDS
-    while len(seen) < count and time.perf_counter() < deadline:
-        for wanted in appended.keys() - seen.keys():
-            if _has_case(reader, wanted):
-                seen[wanted] = time.perf_counter()
-        time.sleep(POLL_STEP)
+        watch(time.perf_counter() + BURST_GAP_SECONDS)
+    watch(time.perf_counter() + WAIT_SECONDS)
     missing = count - len(seen)
     if missing:
         raise RuntimeError(f"{missing} message(s) of the burst had no case after {WAIT_SECONDS}s")
