@@ -149,6 +149,7 @@ def measure(results: Results, work: Path, cases: int, units: int) -> None:
             units=[unit_id],
             now=SEED_NOW,
             statuses=["closed"],
+            age_days=(41, 400),  # history: closed before the digest's window
         )
         closed_after = _closed(db, unit_id)
         after = peak_memory(lambda: full_digest(service, db, unit_id))

@@ -31,10 +31,15 @@ OUTCOMES = ("cleared", "released", "released", "released", "positive", "transfer
 
 
 def _case_row(
-    case_id: int, unit: str, status: str, now: dt.datetime, rng: random.Random
+    case_id: int,
+    unit: str,
+    status: str,
+    now: dt.datetime,
+    rng: random.Random,
+    age_days: tuple[int, int],
 ) -> dict[str, Any]:
     number = SEED_PERSON_BASE + case_id
-    received = now - dt.timedelta(minutes=rng.randrange(0, 40 * 24 * 60))
+    received = now - dt.timedelta(minutes=rng.randrange(age_days[0] * 1440, age_days[1] * 1440))
     start = (received + dt.timedelta(hours=rng.randrange(1, 30))).date()
     open_period = status in ("monitoring", "home_isolation", "facility_isolation")
     last_followup = now - dt.timedelta(hours=rng.randrange(1, 40)) if open_period else None
@@ -87,9 +92,11 @@ def seed_cases(
     now: dt.datetime,
     seed: int = 8,
     statuses: Sequence[str] | None = None,
+    age_days: tuple[int, int] = (0, 40),
 ) -> None:
     """Add ``count`` cases spread round-robin over ``units`` (status drawn from
-    :data:`STATUS_WEIGHTS`, or always from ``statuses`` when given)."""
+    :data:`STATUS_WEIGHTS`, or always from ``statuses`` when given), received between
+    ``age_days`` days before ``now``."""
     rng = random.Random(seed)
     names, weights = zip(*STATUS_WEIGHTS, strict=True)
     with db.engine.begin() as connection:
@@ -100,7 +107,7 @@ def seed_cases(
         for case_id in ids:
             unit = units[case_id % len(units)]
             status = rng.choice(statuses) if statuses else rng.choices(names, weights)[0]
-            row = _case_row(case_id, unit, status, now, rng)
+            row = _case_row(case_id, unit, status, now, rng, age_days)
             message_id = first_message + case_id - first
             cases.append(row)
             units_rows.append({"case_id": case_id, "unit_id": unit, "added_at": row["received_at"]})
