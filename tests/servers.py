@@ -542,9 +542,10 @@ class PostgresCluster(PostgresServer):
     PostgreSQL refuses to be; directly otherwise. No fsync: it is thrown away at the end.
     """
 
-    def __init__(self, directory: Path, bin_dir: Path) -> None:
+    def __init__(self, directory: Path, bin_dir: Path, *, durable: bool = False) -> None:
         self.directory = directory
         self.bin_dir = bin_dir
+        self.durable = durable
         self.host = HOST
         self.port = free_port()
         self.user = "postgres"
@@ -552,13 +553,14 @@ class PostgresCluster(PostgresServer):
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls) -> Iterator[PostgresCluster]:
-        """Create and start a cluster; stop it (``-m immediate``) and remove it afterwards."""
+    def running(cls, *, durable: bool = False) -> Iterator[PostgresCluster]:
+        """Create and start a cluster; stop it (``-m immediate``) and remove it afterwards.
+        ``durable`` keeps synchronous commits, so a commit survives a crash of the server."""
         bin_dir = postgres_bin_dir()
         if bin_dir is None or not (bin_dir / "initdb").exists():
             raise ServerUnavailable(f"PostgreSQL is not installed ({POSTGRES_HINT})")
         directory = Path(tempfile.mkdtemp(prefix="mt-postgres-"))
-        cluster = cls(directory, bin_dir)
+        cluster = cls(directory, bin_dir, durable=durable)
         try:
             cluster.setup()
             cluster.start()
@@ -606,9 +608,10 @@ class PostgresCluster(PostgresServer):
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
+            "-c fsync=off -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c synchronous_commit=off -c full_page_writes=off"
         data, log = self.directory / "data", self.directory / "postgres.log"
         self._run(
             "pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"

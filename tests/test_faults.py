@@ -35,7 +35,7 @@ from fault_support import (
 from mailgen import notification, person_name, phone, report_id
 from reply_support import make_config as make_reply_config
 from reply_support import reply
-from servers import ImapServer
+from servers import ImapServer, PostgresCluster, ServerUnavailable
 from smtp_capture import Captured, SmtpCapture
 from sqlalchemy import func, select
 from store_support import notification as low_risk_notification
@@ -427,6 +427,65 @@ def test_database_unreachable_for_longer_than_the_busy_timeout(
     expected = Expected(
         delivered=[outgoing_id(raw) or "" for raw in mail],
         report_ids=[report_id(n) for n in range(5)],
+    )
+    assert check_invariants(url, smtp_server.messages, expected) == []
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own, which it may crash (the session's stays up);
+    commits are synchronous, as in production, so a crash loses no committed transaction."""
+    try:
+        with PostgresCluster.running(durable=True) as cluster:
+            yield cluster
+    except ServerUnavailable as error:
+        pytest.fail(f"PostgreSQL test cluster unavailable: {error}", pytrace=False)
+
+
+@pytest.mark.postgresql
+@pytest.mark.timeout(150)
+def test_postgresql_down_and_back_while_mail_arrives(
+    tmp_path: Path,
+    dovecot: ImapServer,
+    smtp_server: SmtpCapture,
+    private_postgres: PostgresCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The PostgreSQL server stops (a crash: ``-m immediate``) while mail arrives and starts
+    again: the daemon logs, retries on fresh connections and catches up; nothing lost or
+    repeated."""
+    url = private_postgres.url(private_postgres.create_database())
+    config_path, env = write_config(tmp_path, dovecot, smtp_server.port, database=url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(config_path)
+    db = open_database(url)
+    caplog.set_level(logging.INFO, logger="mailtracker")
+    daemon = DaemonService(
+        config, db, reply_handler=ReplyService(config), flush_every=dt.timedelta(seconds=1)
+    )
+    first = [fresh(notification(n, to=INBOX)) for n in range(3)]
+    during = [fresh(notification(n, to=INBOX)) for n in range(3, 8)]
+    try:
+        daemon.start()
+        for raw in first:
+            dovecot.append(INBOX, raw)
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == 3, 30)
+        private_postgres.stop()
+        for raw in during:
+            dovecot.append(INBOX, raw)
+        assert wait_until(lambda: "reconnecting in" in caplog.text, 30), caplog.text[-2000:]
+        time.sleep(2)
+        private_postgres.start()
+        assert wait_until(lambda: count(db, Message.processed_at.is_not(None)) == 8, 60)
+        assert wait_until(lambda: len(alerts(smtp_server.messages)) == 8, 30)
+    finally:
+        daemon.stop()
+        db.dispose()
+    expected = Expected(
+        delivered=[outgoing_id(raw) or "" for raw in first + during],
+        report_ids=[report_id(n) for n in range(8)],
     )
     assert check_invariants(url, smtp_server.messages, expected) == []
 
