@@ -111,11 +111,15 @@ def _snapshot(row: Any) -> CaseSnapshot:
 
 
 def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
-    """A value openpyxl writes as itself: text as a text cell (never a formula) without
-    illegal characters; anything else, such as local naive timestamps, unchanged."""
+    """A value openpyxl writes as itself: text without illegal characters, as a text cell
+    even when it starts with ``=`` (never a formula); anything else, such as local naive
+    timestamps, unchanged."""
     if not isinstance(value, str):
         return value
-    cell = WriteOnlyCell(sheet, ILLEGAL_CHARACTERS_RE.sub(" ", value))
+    text = ILLEGAL_CHARACTERS_RE.sub(" ", value)
+    if not text.startswith("="):
+        return text
+    cell = WriteOnlyCell(sheet, text)
     cell.data_type = "s"
     return cell
 
@@ -139,7 +143,15 @@ class DigestService:
     def build(self, session: Session, unit_id: str, day: dt.date, now: dt.datetime) -> BuiltDigest:
         """The digest of ``unit_id`` for ``day`` from the cases it can see, their changes
         since its previous digest and the unreadable mail of its mailboxes."""
-        unit = self.config.unit(unit_id)
+        model, xlsx = self._model_and_sheet(session, self.config.unit(unit_id), day, now)
+        mail = render_digest(model, prefix=self.config.tracker.case_prefix)
+        return BuiltDigest(model, mail.subject, mail.text, mail.html or "", xlsx)
+
+    def _model_and_sheet(
+        self, session: Session, unit: UnitSettings, day: dt.date, now: dt.datetime
+    ) -> tuple[DigestModel, bytes | None]:
+        """The digest's model and its sheet of open cases (none for an observer); the cases
+        are read once and let go before the digest is rendered."""
         moment = self.as_of(unit, day, now)
         visible = select(CaseUnit.case_id).where(CaseUnit.unit_id == unit.id)
         since = session.scalar(
@@ -170,7 +182,16 @@ class DigestService:
                 .order_by(Case.id)
             )
         ]
-        events = session.execute(
+        quarantined = session.execute(
+            select(Message.received_at, Message.mailbox, Message.error)
+            .where(
+                Message.unit_id == unit.id,
+                Message.quarantined.is_(True),
+                Message.handled_at.is_(None),
+            )
+            .order_by(Message.received_at)
+        ).all()
+        events = session.execute(  # streamed into the core, not kept
             select(
                 CaseEvent.case_id,
                 Case.ref,
@@ -187,20 +208,11 @@ class DigestService:
                 CaseEvent.at <= moment,
             )
             .order_by(CaseEvent.at, CaseEvent.id)
-        ).all()
-        quarantined = session.execute(
-            select(Message.received_at, Message.mailbox, Message.error)
-            .where(
-                Message.unit_id == unit.id,
-                Message.quarantined.is_(True),
-                Message.handled_at.is_(None),
-            )
-            .order_by(Message.received_at)
-        ).all()
+        )
         built = build_digest(
             unit,
             cases,
-            [
+            (
                 EventSnapshot(
                     ref=event.ref or f"#{event.case_id}",
                     at=event.at,
@@ -210,7 +222,7 @@ class DigestService:
                     to_status=event.to_status,
                 )
                 for event in events
-            ],
+            ),
             [
                 QuarantinedMail(
                     received_at=message.received_at,
@@ -227,14 +239,13 @@ class DigestService:
         model = replace(
             built, counts_by_status={status: counts.get(status, 0) for status in STATUSES}
         )
-        mail = render_digest(model, prefix=self.config.tracker.case_prefix)
         open_cases = [case for case in cases if case.status != "closed"]
         xlsx = (
             self.open_cases_xlsx(open_cases, unit.language)
             if self.attach_xlsx and open_cases and unit.role != "observer"
             else None
         )
-        return BuiltDigest(model, mail.subject, mail.text, mail.html or "", xlsx)
+        return model, xlsx
 
     def open_cases_xlsx(self, cases: Sequence[CaseSnapshot], language: str) -> bytes:
         """A sheet of open cases: reference, name, phone, commune, status and deadlines only.
