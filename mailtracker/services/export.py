@@ -142,13 +142,12 @@ def to_csv(table: Export) -> bytes:
 
 
 def _xlsx_cell(sheet: WriteOnlyWorksheet, value: Cell) -> Cell | WriteOnlyCell:
-    """A cell of the sheet: text stored as text, dates and timestamps with a number format."""
+    """A cell of the sheet: text as text (``_text`` leaves no formula), dates and timestamps
+    with a number format."""
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, str):
-        cell = WriteOnlyCell(sheet, _text(value))
-        cell.data_type = "s"
-        return cell
+        return _text(value)
     cell = WriteOnlyCell(sheet, value)
     cell.number_format = DATETIME_FORMAT if isinstance(value, dt.datetime) else DATE_FORMAT
     return cell
