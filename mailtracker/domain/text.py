@@ -5,19 +5,40 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Callable
+from functools import lru_cache, wraps
+from typing import TypeVar
 
 import phonenumbers
+
+_T = TypeVar("_T")
+_CACHED_CHARS = 256
+"""Results for texts up to this length (labels, header and field values) are remembered."""
+
+
+def _remembered(function: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``function`` (pure, with an immutable result) remembering its results for short texts."""
+    cached = lru_cache(maxsize=4096)(function)
+
+    @wraps(function)
+    def call(text: str) -> _T:
+        return cached(text) if len(text) <= _CACHED_CHARS else function(text)
+
+    return call
+
 
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 """Whitespace and control characters (a terminal escape in a report must not reach a screen)."""
 
 
+@_remembered
 def nfc(text: str) -> str:
     """NFC form with runs of whitespace and control characters collapsed to one space and ends
     stripped."""
     return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
+@_remembered
 def fold(text: str) -> str:
     """Lower-case, strip diacritics (đ -> d) and collapse whitespace, for matching."""
     decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
@@ -43,6 +64,7 @@ def _date(year: str, month: str, day: str) -> dt.date | None:
         return None
 
 
+@_remembered
 def parse_date(text: str) -> dt.date | None:
     """The first date in ``text``, read day first.
 
@@ -84,6 +106,7 @@ def parse_year(text: str) -> int | None:
 _PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().\-]{6,}\d")
 
 
+@_remembered
 def normalise_phone(text: str) -> str | None:
     """The first phone number in ``text`` in national digits: ``+84 905 123 456`` -> ``0905123456``.
 
@@ -157,6 +180,7 @@ def _split_admin(name: str) -> tuple[str | None, str]:
     return None, text
 
 
+@_remembered
 def strip_admin(name: str) -> str | None:
     """A place name without its administrative word (``huyện Sơn Tịnh`` -> ``Sơn Tịnh``).
 

@@ -1,6 +1,7 @@
 """E-mail bytes -> kind (notification, reply, auto, bounce, unknown), reports and commands.
 
-The MIME tree comes from mail-parser (itself on the standard ``email`` package); headers are
+The MIME tree is parsed once, by the standard ``email`` package (the tree mail-parser itself
+builds and then walks again for its own attributes, which are not used here); headers are
 decoded with the standard library's RFC 2047 parser, which keeps the spaces mail-parser drops.
 The walk over the tree is bounded (depth, parts, sizes) and :func:`parse_message` never raises.
 """
@@ -16,10 +17,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
-
-import mailparser
 
 from mailtracker.domain.commands import Command
 from mailtracker.domain.reports import Report, build_report, field_for_label
@@ -68,6 +68,23 @@ _ROBOT_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponse", LOOP_HEADER)
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 _DAEMONS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
+_CACHED_HEADER_CHARS = 300
+_UNSTRUCTURED = frozenset(
+    name.lower()
+    for name in (
+        "Subject",
+        "In-Reply-To",
+        "References",
+        "Received",
+        "Delivered-To",
+        "Auto-Submitted",
+        "Precedence",
+        "List-Id",
+        "Return-Path",
+        *_ROBOT_HEADERS,
+    )
+)
+"""Headers the standard library's registry reads as unstructured text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +138,27 @@ def _unescape(value: str) -> str:
 
 def _header_values(message: Message, name: str) -> list[str]:
     """Every ``name`` header, RFC 2047 decoded, NFC, CR/LF removed."""
-    values: list[str] = []
-    for raw in message.get_all(name) or []:
-        text = _unescape(str(raw))
+    return [_decoded(name, _unescape(str(raw))) for raw in message.get_all(name) or []]
+
+
+def _decoded(name: str, text: str) -> str:
+    """One header value, RFC 2047 decoded, NFC, CR/LF removed."""
+    if len(text) <= _CACHED_HEADER_CHARS:
+        return _decoded_cached(name, text)
+    return _decode(name, text)
+
+
+def _decode(name: str, text: str) -> str:
+    # Without encoded words, the RFC parser gives an unstructured header back as written.
+    if "=?" in text or name.lower() not in _UNSTRUCTURED:
         try:
             text = str(email.policy.default.header_factory(name, text))
         except Exception:  # a header the RFC parser rejects is kept as written
             log.debug("undecodable %s header", name)
-        values.append(nfc(text.replace("\r", " ").replace("\n", " ")))
-    return values
+    return nfc(text.replace("\r", " ").replace("\n", " "))
+
+
+_decoded_cached = lru_cache(maxsize=2048)(_decode)
 
 
 def _header(message: Message, name: str) -> str | None:
@@ -482,13 +511,6 @@ def _load(raw: bytes, walk: _Walk) -> Message:
     if len(raw) > MAX_MESSAGE_BYTES:
         walk.problem(f"message cut at {MAX_MESSAGE_BYTES} bytes")
         raw = raw[:MAX_MESSAGE_BYTES]
-    try:
-        parsed = mailparser.parse_from_bytes(raw)
-        message = parsed.message
-        if isinstance(message, Message):
-            return message
-    except Exception as exc:  # mail-parser gives up on some damaged mail; the stdlib does not
-        walk.problem(f"MIME parser fallback: {type(exc).__name__}")
     return email.message_from_bytes(raw)
 
 

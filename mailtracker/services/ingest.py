@@ -14,12 +14,14 @@ import email.policy
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from mailtracker.config import Config, MailboxSettings
 from mailtracker.domain.matching import (
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 
 IMPORT_UIDVALIDITY = 0
 IMPORT_CHUNK = 100
+PROCESS_BATCH = 200
+PROCESS_BATCH_SECONDS = 1.0
+PROCESS_BATCH_BYTES = 32 * 1024 * 1024
 SYSTEM = "system"
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _MAX_MESSAGE_ID = 998
@@ -319,27 +324,56 @@ class Ingestor:
 
     def pending_ids(self, limit: int | None = None) -> list[int]:
         """Stored messages not yet processed, in arrival (and so UID) order."""
-        statement = select(Message.id).where(Message.processed_at.is_(None)).order_by(Message.id)
+        return [message_id for message_id, _ in self._pending(limit)]
+
+    def _pending(self, limit: int | None) -> list[tuple[int, int]]:
+        """``(id, size)`` of the stored messages not yet processed, in arrival order."""
+        statement = (
+            select(Message.id, Message.size)
+            .where(Message.processed_at.is_(None))
+            .order_by(Message.id)
+        )
         if limit is not None:
             statement = statement.limit(limit)
         with self.db.session(read_only=True) as session:
-            return list(session.scalars(statement))
+            return [(message_id, size) for message_id, size in session.execute(statement)]
+
+    @staticmethod
+    def _batches(pending: Sequence[tuple[int, int]]) -> Iterator[list[int]]:
+        """``pending`` cut into batches of at most ``PROCESS_BATCH`` messages and (unless one
+        message alone is larger) ``PROCESS_BATCH_BYTES``."""
+        batch: list[int] = []
+        size = 0
+        for message_id, message_size in pending:
+            if batch and (len(batch) >= PROCESS_BATCH or size + message_size > PROCESS_BATCH_BYTES):
+                yield batch
+                batch, size = [], 0
+            batch.append(message_id)
+            size += message_size
+        if batch:
+            yield batch
 
     def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:
-        """Process every stored message not yet processed, each in a transaction of its own."""
+        """Process every stored message not yet processed.
+
+        Messages are processed in batches, each in one transaction with a savepoint per
+        message: a message that fails is rolled back to its savepoint and quarantined while
+        the others commit. A batch is capped (``PROCESS_BATCH`` messages, about
+        ``PROCESS_BATCH_SECONDS``) so that other writers never wait long, and by the size of
+        the messages it holds in memory (``PROCESS_BATCH_BYTES``). When a batch's
+        transaction itself fails, its messages are processed again one transaction each.
+        """
         result = ProcessResult()
-        for message_id in self.pending_ids(limit):
-            outcome = ProcessResult()
-            try:
-                with self.db.session() as session:
-                    self._process(session, message_id, now, outcome)
+        for batch in self._batches(self._pending(limit)):
+            while batch:
+                try:
+                    done, outcome = self._process_batch(batch, now)
+                except Exception as error:  # the transaction failed: message by message
+                    log.warning("processing a batch failed (%s): one by one", type(error).__name__)
+                    log.debug("processing a batch failed", exc_info=True)
+                    done, outcome = len(batch), self._process_each(batch, now)
                 result.add(outcome)  # counted once committed
-            except Exception as error:  # one message never stops the others
-                # The exception text may quote report data: its type only, above DEBUG.
-                log.error("processing message %d failed: %s", message_id, type(error).__name__)
-                log.debug("processing message %d failed", message_id, exc_info=True)
-                self._quarantine_failed(message_id, now, error)
-                result.failed += 1
+                batch = batch[max(done, 1) :]
         if result.processed:
             log.info(
                 "processed %d message(s): %d case(s) created, %d merged, %d quarantined",
@@ -349,6 +383,96 @@ class Ingestor:
                 result.quarantined,
             )
         return result
+
+    def _process_batch(self, ids: Sequence[int], now: dt.datetime) -> tuple[int, ProcessResult]:
+        """Claim and process ``ids`` in one transaction, a savepoint each; returns how many
+        of ``ids`` were handled (fewer when the time cap ends the batch early)."""
+        result = ProcessResult()
+        deadline = time.monotonic() + PROCESS_BATCH_SECONDS
+        with self.db.session() as session:
+            claimed = self._claim(session, ids, now)
+            messages = {
+                message.id: message
+                for message in session.scalars(select(Message).where(Message.id.in_(claimed)))
+            }
+            sources = self._sources_of(session, claimed)
+            done = 0
+            for message_id in ids:
+                if done and time.monotonic() > deadline:
+                    break
+                done += 1
+                message = messages.get(message_id)
+                if message is None:
+                    continue  # another process got there first
+                outcome = ProcessResult()
+                try:
+                    with session.begin_nested():
+                        self._process(session, message, sources.get(message_id, []), now, outcome)
+                except Exception as error:  # one message never stops the others
+                    self._log_failure(message_id, error)
+                    message.quarantined = True
+                    message.error = f"processing failed: {type(error).__name__}"
+                    outcome = ProcessResult(failed=1)
+                result.add(outcome)
+            left = [message_id for message_id in ids[done:] if message_id in messages]
+            if left:  # claimed but not reached: back to pending, for the next batch
+                session.execute(
+                    update(Message).where(Message.id.in_(left)).values(processed_at=None)
+                )
+        return done, result
+
+    def _process_each(self, ids: Sequence[int], now: dt.datetime) -> ProcessResult:
+        """Process ``ids`` one transaction each; a failure quarantines that message."""
+        result = ProcessResult()
+        for message_id in ids:
+            outcome = ProcessResult()
+            try:
+                with self.db.session() as session:
+                    claimed = self._claim(session, [message_id], now)
+                    if claimed:
+                        message = session.get_one(Message, message_id)
+                        linked = self._sources_of(session, claimed).get(message_id, [])
+                        self._process(session, message, linked, now, outcome)
+                result.add(outcome)
+            except Exception as error:  # one message never stops the others
+                self._log_failure(message_id, error)
+                self._quarantine_failed(message_id, now, error)
+                result.failed += 1
+        return result
+
+    def _claim(self, session: Session, ids: Sequence[int], now: dt.datetime) -> list[int]:
+        """Mark the still unprocessed ``ids`` processed (in the caller's transaction, under
+        the processing lock on PostgreSQL); returns those this transaction claimed."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(7243507102)))
+        claimed = session.scalars(
+            update(Message)
+            .where(Message.id.in_(ids), Message.processed_at.is_(None))
+            .values(processed_at=now)
+            .returning(Message.id)
+        )
+        return list(claimed)
+
+    @staticmethod
+    def _sources_of(session: Session, ids: Sequence[int]) -> dict[int, list[tuple[Case, int]]]:
+        """The cases (and report indexes) each of the messages ``ids`` already gave a report
+        to: not empty only for a message processed before (a reparse)."""
+        linked: dict[int, list[tuple[Case, int]]] = {}
+        statement = (
+            select(CaseSource)
+            .where(CaseSource.message_id.in_(ids))
+            .options(joinedload(CaseSource.case))
+            .order_by(CaseSource.case_id)
+        )
+        for source in session.scalars(statement):
+            linked.setdefault(source.message_id, []).append((source.case, source.report_index))
+        return linked
+
+    @staticmethod
+    def _log_failure(message_id: int, error: Exception) -> None:
+        # The exception text may quote report data: its type only, above DEBUG.
+        log.error("processing message %d failed: %s", message_id, type(error).__name__)
+        log.debug("processing message %d failed", message_id, exc_info=error)
 
     def reset_for_reparse(self, *, quarantined_only: bool) -> int:
         """Mark stored messages unprocessed so that ``process_pending`` parses them again.
@@ -381,18 +505,15 @@ class Ingestor:
             )
 
     def _process(
-        self, session: Session, message_id: int, now: dt.datetime, result: ProcessResult
+        self,
+        session: Session,
+        message: Message,
+        sources: list[tuple[Case, int]],
+        now: dt.datetime,
+        result: ProcessResult,
     ) -> None:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(select(func.pg_advisory_xact_lock(7243507102)))
-        claimed = session.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.processed_at.is_(None))
-            .values(processed_at=now)
-        )
-        if claimed.rowcount == 0:  # type: ignore[attr-defined]
-            return  # another process got there first
-        message = session.get_one(Message, message_id)
+        """Parse one claimed message and open or join its cases (``sources``: those it gave a
+        report to already), or hand it to the reply handler, or quarantine it."""
         result.processed += 1
         if message.raw is None:
             message.quarantined = True
@@ -407,7 +528,14 @@ class Ingestor:
             received = min(parsed.date, message.received_at) if parsed.date else None
             for index, report in enumerate(parsed.reports):
                 self._attach(
-                    session, message, index, report, received or message.received_at, now, result
+                    session,
+                    message,
+                    sources,
+                    index,
+                    report,
+                    received or message.received_at,
+                    now,
+                    result,
                 )
         elif parsed.kind == "reply":
             result.replies += 1
@@ -428,6 +556,7 @@ class Ingestor:
         self,
         session: Session,
         message: Message,
+        sources: list[tuple[Case, int]],
         index: int,
         report: Report,
         received: dt.datetime,
@@ -436,15 +565,17 @@ class Ingestor:
     ) -> None:
         """Open a case for one report, or join it to the open case of the same person."""
         key = person_key(report)
-        for source in session.scalars(
-            select(CaseSource).where(CaseSource.message_id == message.id)
-        ):
-            linked = source.case
+        for linked, report_index in sources:
             if same_person(case_key(linked), linked.received_at, key, received) or (
-                not key.matchable and source.report_index == index
+                not key.matchable and report_index == index
             ):
                 return  # this message already gave this report a case: processed before
-        case = self._open_case_of(session, key, received) if key.matchable else None
+        case = None
+        if key.matchable:
+            # Before the first report only this message's own columns are pending: the
+            # lookup needs no flush. A later one must see the cases written before it.
+            with session.no_autoflush if index == 0 else nullcontext():
+                case = self._open_case_of(session, key, received)
         created = case is None
         if case is None:
             case = self._create(session, message, index, report, received, now)
@@ -452,6 +583,7 @@ class Ingestor:
         else:
             self._merge(session, case, message, index, report, now)
             result.merged.append(case.ref or "")
+        sources.append((case, index))
         if self.case_handler is not None:
             self.case_handler(session, case, message, created, now)
 
