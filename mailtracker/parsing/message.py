@@ -1,7 +1,6 @@
 """E-mail bytes -> kind (notification, reply, auto, bounce, unknown), reports and commands.
 
-The MIME tree is parsed once, by the standard ``email`` package (the tree mail-parser itself
-builds and then walks again for its own attributes, which are not used here); headers are
+The MIME tree comes from mail-parser (itself on the standard ``email`` package); headers are
 decoded with the standard library's RFC 2047 parser, which keeps the spaces mail-parser drops.
 The walk over the tree is bounded (depth, parts, sizes) and :func:`parse_message` never raises.
 """
@@ -20,6 +19,8 @@ from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
+
+import mailparser
 
 from mailtracker.domain.commands import Command
 from mailtracker.domain.reports import Report, build_report, field_for_label
@@ -511,6 +512,13 @@ def _load(raw: bytes, walk: _Walk) -> Message:
     if len(raw) > MAX_MESSAGE_BYTES:
         walk.problem(f"message cut at {MAX_MESSAGE_BYTES} bytes")
         raw = raw[:MAX_MESSAGE_BYTES]
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+        message = parsed.message
+        if isinstance(message, Message):
+            return message
+    except Exception as exc:  # mail-parser gives up on some damaged mail; the stdlib does not
+        walk.problem(f"MIME parser fallback: {type(exc).__name__}")
     return email.message_from_bytes(raw)
 
 
