@@ -172,3 +172,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield cluster.url(name)
     finally:
         cluster.drop_database(name)
+
+
+# --- Daemons: ``mailtracker run`` subprocesses (tests/daemon_support.py) ---------------------
+
+from daemon_support import RunningDaemon  # noqa: E402
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[RunningDaemon]]:
+    """Daemons a test started (it appends them); any still running at the end is killed."""
+    started: list[RunningDaemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

@@ -12,10 +12,6 @@ import collections
 import datetime as dt
 import email.parser
 import email.policy
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +31,6 @@ from mailtracker.store.models import (
     OutboxMessage,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SECRET = "fault-test-secret"
 STAFF = "staff@cdc.example.org"
 INBOX = "cdc-inbox@example.org"
@@ -248,55 +243,6 @@ def write_config(
     path = directory / "config.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path, env
-
-
-class Daemon:
-    """``python -m mailtracker run`` in a subprocess, its log appended to ``log``."""
-
-    def __init__(
-        self, config: Path, env: Mapping[str, str], log: Path, *, level: str = "INFO"
-    ) -> None:
-        self.log = log
-        with log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mailtracker",
-                    "--config",
-                    str(config),
-                    "--log-level",
-                    level,
-                    "run",
-                ],
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env={**os.environ, **env},
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as a power cut would do."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"daemon ignored SIGTERM:\n{self.text()[-3000:]}") from None
 
 
 def wait_until(condition: collections.abc.Callable[[], bool], timeout: float) -> bool:

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from daemon_support import RunningDaemon
 from outgoing_support import NOW, make_config
 from servers import ImapServer
 from smtp_capture import Captured, SmtpCapture
@@ -102,61 +98,6 @@ def write_config(
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path, env
-
-
-class RunningDaemon:
-    """``python -m mailtracker run`` with its log in a file."""
-
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailtracker", "--config", str(config), "run"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env={**os.environ, **env},
-            )
-        self.wait_for_log("daemon started", timeout=30)
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def wait_for_log(self, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.process.returncode}):\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {needle!r} in the log after {timeout}s:\n{self.text()}")
-            time.sleep(0.1)
-
-    def stop(self) -> float:
-        """SIGTERM; how long the daemon took to exit (it must exit 0)."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"daemon ignored SIGTERM:\n{self.text()}") from None
-        assert code == 0, self.text()
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[RunningDaemon]]:
-    """Daemons started by a test, killed if the test left them running."""
-    started: list[RunningDaemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def digests(messages: list[Captured]) -> dict[str, list[str]]:

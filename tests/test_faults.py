@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_support import RunningDaemon
 from fault_support import (
     INBOX,
-    Daemon,
     Expected,
     check_invariants,
     outgoing_id,
@@ -52,15 +52,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = int(os.environ.get("MAILTRACKER_FAULT_KILLS", "6"))
 SEED = int(os.environ.get("MAILTRACKER_FAULT_SEED", "7"))
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Daemons a test started; any still running at the end is killed."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def count(db: Database, *where: object) -> int:
@@ -100,7 +91,7 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
     tmp_path: Path,
     dovecot: ImapServer,
     smtp_server: SmtpCapture,
-    daemons: list[Daemon],
+    daemons: list[RunningDaemon],
     database_url: str,
 ) -> None:
     """On SQLite and on PostgreSQL: each round starts the daemon, delivers notifications and
@@ -132,14 +123,16 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
             replies[reply_id] = 2
 
     for round_number in range(KILLS):
-        daemon = Daemon(config, env, tmp_path / f"run-{round_number}.log")
+        daemon = RunningDaemon(
+            config, env, tmp_path / f"run-{round_number}.log", started_within=None
+        )
         daemons.append(daemon)
         time.sleep(rng.uniform(0.0, 1.5))
         deliver(chunks[round_number])
         time.sleep(rng.uniform(0.0, 1.2))
         assert daemon.alive(), daemon.text()[-3000:]
         daemon.kill()
-    last = Daemon(config, env, tmp_path / "last.log")
+    last = RunningDaemon(config, env, tmp_path / "last.log", started_within=None)
     daemons.append(last)
     deliver(chunks[-1])
     db = open_database(url, upgrade=False)
@@ -160,7 +153,7 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
         time.sleep(2)  # the flusher's last pass
     finally:
         db.dispose()
-    assert last.stop() == 0
+    last.stop()
     expected = Expected(
         delivered=delivered, report_ids=[report_id(n) for n in numbers], replies=replies
     )
@@ -197,7 +190,7 @@ def _acks_queued(db: Database) -> int:
 
 @pytest.mark.timeout(180)
 def test_imap_server_stopped_and_restarted_mid_fetch(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[Daemon]
+    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[RunningDaemon]
 ) -> None:
     if dovecot.name != "dovecot":
         pytest.skip("pymap keeps its mail in memory: a restart empties it")
@@ -211,7 +204,7 @@ def test_imap_server_stopped_and_restarted_mid_fetch(
         for n in range(total)
     ]
     dovecot.deliver_maildir(INBOX, mail)
-    daemon = Daemon(config, env, tmp_path / "run.log")
+    daemon = RunningDaemon(config, env, tmp_path / "run.log", started_within=None)
     daemons.append(daemon)
     assert wait_until(lambda: (tmp_path / "tracker.db").exists(), 30)
     db = open_database(url)
@@ -237,7 +230,7 @@ def test_imap_server_stopped_and_restarted_mid_fetch(
         time.sleep(1)
     finally:
         db.dispose()
-    assert daemon.stop() == 0
+    daemon.stop()
     delivered = [outgoing_id(raw) or "" for raw in [*mail, late]]
     expected = Expected(
         delivered=delivered, report_ids=[report_id(n) for n in range(total + 1)], replies={}
@@ -353,11 +346,11 @@ def outbox_rows(db: Database) -> list[OutboxMessage]:
 
 @pytest.mark.timeout(120)
 def test_sqlite_write_lock_held_by_another_process_for_seconds(
-    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[Daemon]
+    tmp_path: Path, dovecot: ImapServer, smtp_server: SmtpCapture, daemons: list[RunningDaemon]
 ) -> None:
     config, env = write_config(tmp_path, dovecot, smtp_server.port)
     url = f"sqlite:///{tmp_path / 'tracker.db'}"
-    daemon = Daemon(config, env, tmp_path / "run.log")
+    daemon = RunningDaemon(config, env, tmp_path / "run.log", started_within=None)
     daemons.append(daemon)
     assert wait_until(lambda: "connected; waiting" in daemon.text(), 30), daemon.text()
     mail = [fresh(notification(n, to=INBOX)) for n in range(5)]
@@ -376,7 +369,7 @@ def test_sqlite_write_lock_held_by_another_process_for_seconds(
     finally:
         locker.close()
         db.dispose()
-    assert daemon.stop() == 0
+    daemon.stop()
     expected = Expected(
         delivered=[outgoing_id(raw) or "" for raw in mail],
         report_ids=[report_id(n) for n in range(5)],

@@ -20,7 +20,6 @@ import email.policy
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from daemon_support import RunningDaemon
 from mailgen import notification as old_notification
 from reply_support import DOC, EPI, TRACKER, read, reply, text_of
 from servers import ImapServer, MakeConfig, PostgresServer
@@ -51,7 +51,6 @@ from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import Case, CaseEvent, DigestSent, MailboxState, Message
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2020, 2, 12, 1, 0, tzinfo=dt.UTC)
 CDC_INBOX = "cdc-inbox@example.org"
 MED_INBOX = "med-inbox@example.org"
@@ -426,69 +425,6 @@ def write_config(
     return env
 
 
-class Instance:
-    """One ``python -m mailtracker run`` with its log in a file."""
-
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailtracker", "--config", str(config), "run"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env={**os.environ, **env},
-                cwd=ROOT,
-            )
-        self.wait_for_log("daemon started", timeout=60)
-        found = re.search(r"daemon started: .*, instance (\S+)", self.text())
-        assert found is not None, self.text()
-        self.id = found.group(1)
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def wait_for_log(self, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.process.returncode}):\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {needle!r} in the log after {timeout}s:\n{self.text()}")
-            time.sleep(0.1)
-
-    def polls(self, user: str) -> bool:
-        """Whether this instance has connected to ``user``'s mailbox to poll it."""
-        return any(
-            user in line and "connected; waiting" in line for line in self.text().splitlines()
-        )
-
-    def stop(self) -> None:
-        """SIGTERM; it must exit 0 within 20 seconds."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"daemon ignored SIGTERM:\n{self.text()}") from None
-        assert code == 0, self.text()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def instances() -> Iterator[list[Instance]]:
-    """Daemons started by a test, killed if the test left them running."""
-    started: list[Instance] = []
-    yield started
-    for instance in started:
-        instance.kill()
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Wait until ``condition()`` holds; the seconds it took (AssertionError on timeout)."""
     started = time.monotonic()
@@ -522,7 +458,7 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
     postgres_url: str,
     dovecot: ImapServer,
     smtp_server: SmtpCapture,
-    instances: list[Instance],
+    daemons: list[RunningDaemon],
 ) -> None:
     zone = midday_zone()
     digest_at = (dt.datetime.now(ZoneInfo(zone)) + dt.timedelta(seconds=25)).time()
@@ -541,7 +477,7 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
         dovecot.deliver_maildir(CDC_INBOX, (notification(n, to=CDC_INBOX) for n in range(30)))
         dovecot.deliver_maildir(MED_INBOX, (notification(n, to=MED_INBOX) for n in range(100, 115)))
         for number in range(3):
-            instances.append(Instance(config, env, tmp_path / f"daemon-{number}.log"))
+            daemons.append(RunningDaemon(config, env, tmp_path / f"daemon-{number}.log"))
         wait_for(lambda: all_processed(db, 45), 60, "the first 45 messages")
         for number in range(30, 36):  # new mail while all three run
             dovecot.append(CDC_INBOX, notification(number, to=CDC_INBOX))
@@ -550,9 +486,9 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
 
         # Each mailbox is polled by exactly one instance; the others wait for its lease.
         for user in (CDC_INBOX, MED_INBOX):
-            pollers = [instance for instance in instances if instance.polls(user)]
-            assert len(pollers) == 1, [instance.text() for instance in instances]
-        waiting = sum("polled by instance" in instance.text() for instance in instances)
+            pollers = [instance for instance in daemons if instance.polls(user)]
+            assert len(pollers) == 1, [instance.text() for instance in daemons]
+        waiting = sum("polled by instance" in instance.text() for instance in daemons)
         assert waiting >= 2
 
         with db.session(read_only=True) as session:
@@ -587,7 +523,7 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
         wait_for(lambda: all_processed(db, 59), 30, "both copies of the reply")
         time.sleep(6)  # every instance has flushed its outbox at least once since
         messages = smtp_server.messages
-        for instance in instances:
+        for instance in daemons:
             instance.stop()
         with db.session(read_only=True) as session:
             applied = session.scalars(
@@ -615,7 +551,7 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
     alert = re.compile(r"\[QN-\d{4}\] (Cảnh báo: nguy cơ cao|Alert: high risk)")
     assert len(alerts) == 57
     assert all(alert.fullmatch(m.subject) for m in alerts), [m.subject for m in alerts]
-    for instance in instances:
+    for instance in daemons:
         assert "Traceback" not in instance.text(), instance.text()
 
 
@@ -623,7 +559,7 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
 @pytest.mark.postgresql
 @pytest.mark.timeout(180)
 def test_a_killed_poller_is_taken_over_at_once_by_an_instance_of_its_machine(
-    tmp_path: Path, postgres_url: str, dovecot: ImapServer, instances: list[Instance]
+    tmp_path: Path, postgres_url: str, dovecot: ImapServer, daemons: list[RunningDaemon]
 ) -> None:
     lease = 10.0
     config = tmp_path / "config.toml"
@@ -632,11 +568,11 @@ def test_a_killed_poller_is_taken_over_at_once_by_an_instance_of_its_machine(
     )
     db = open_database(postgres_url)
     try:
-        holder = Instance(config, env, tmp_path / "holder.log")
-        instances.append(holder)
+        holder = RunningDaemon(config, env, tmp_path / "holder.log")
+        daemons.append(holder)
         holder.wait_for_log("connected; waiting", timeout=30)
-        standby = Instance(config, env, tmp_path / "standby.log")
-        instances.append(standby)
+        standby = RunningDaemon(config, env, tmp_path / "standby.log")
+        daemons.append(standby)
         standby.wait_for_log("polled by instance", timeout=30)
         dovecot.append(CDC_INBOX, notification(1, to=CDC_INBOX))
         wait_for(lambda: all_processed(db, 1), 30, "the first message")
@@ -649,21 +585,21 @@ def test_a_killed_poller_is_taken_over_at_once_by_an_instance_of_its_machine(
         wait_for(lambda: all_processed(db, 2), 60, "the standby to take over")
         took = time.monotonic() - killed_at
         assert took < lease, took
-        assert f"lease of stopped instance {holder.id} taken over" in standby.text()
+        assert f"lease of stopped instance {holder.instance} taken over" in standby.text()
         assert standby.polls(CDC_INBOX)
-        assert owner_of(db) == standby.id
+        assert owner_of(db) == standby.instance
 
         # A clean stop releases the lease: a third instance takes over without waiting.
-        third = Instance(config, env, tmp_path / "third.log")
-        instances.append(third)
+        third = RunningDaemon(config, env, tmp_path / "third.log")
+        daemons.append(third)
         third.wait_for_log("polled by instance", timeout=30)
         standby.stop()
         assert "lease released" in standby.text()
-        assert owner_of(db) in (None, third.id)
+        assert owner_of(db) in (None, third.instance)
         dovecot.append(CDC_INBOX, notification(3, to=CDC_INBOX))
         took = wait_for(lambda: all_processed(db, 3), 30, "the third instance to take over")
         assert took < lease, took
-        assert owner_of(db) == third.id
+        assert owner_of(db) == third.instance
         third.stop()
         with db.session(read_only=True) as session:
             uids = session.scalars(select(Message.uid).order_by(Message.uid)).all()
