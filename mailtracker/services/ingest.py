@@ -322,12 +322,9 @@ class Ingestor:
 
     # -- processing ----------------------------------------------------------------------------
 
-    def pending_ids(self, limit: int | None = None) -> list[int]:
-        """Stored messages not yet processed, in arrival (and so UID) order."""
-        return [message_id for message_id, _ in self._pending(limit)]
-
     def _pending(self, limit: int | None) -> list[tuple[int, int]]:
-        """``(id, size)`` of the stored messages not yet processed, in arrival order."""
+        """``(id, size)`` of the stored messages not yet processed, in arrival (and so UID)
+        order."""
         statement = (
             select(Message.id, Message.size)
             .where(Message.processed_at.is_(None))
