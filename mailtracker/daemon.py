@@ -31,10 +31,10 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from mailtracker.config import Config, MailboxSettings
+from mailtracker.config import Config
 from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
-from mailtracker.mail.lease import MailboxLease, instance_id
+from mailtracker.mail.lease import instance_id, lease_factory
 from mailtracker.mail.outbox import OutboxSender
 from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
@@ -182,7 +182,12 @@ class Daemon:
             )
         self.scheduler.start()
         self.threads = start_pollers(
-            self.config, self.ingestor, self.stop_event, lease_for=self.mailbox_lease
+            self.config,
+            self.ingestor,
+            self.stop_event,
+            lease_for=lease_factory(
+                self.db, duration=self.config.tracker.mailbox_lease, owner=self.instance
+            ),
         )
         log.info(
             "daemon started: %d unit(s), %d mailbox(es), instance %s",
@@ -262,12 +267,6 @@ class Daemon:
             self.scheduler.modify_job(OUTBOX_JOB, next_run_time=dt.datetime.now(self.tz))
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def mailbox_lease(self, settings: MailboxSettings) -> MailboxLease:
-        """This instance's lease on one mailbox."""
-        return MailboxLease(
-            self.db, settings.name, self.instance, duration=self.config.tracker.mailbox_lease
-        )
 
     def _after_processing(self, now: dt.datetime, result: ProcessResult) -> None:
         """Queue the alerts of new high-risk cases; flush what processing queued (alerts,
