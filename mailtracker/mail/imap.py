@@ -310,8 +310,7 @@ class MailboxPoller:
             except LeaseLost:
                 log.warning("%s: lease taken over by another instance; polling stops", self.name)
             except Exception as error:
-                self.failures += 1
-                delay = backoff_delay(self.failures, base=self.backoff_base, cap=self.backoff_cap)
+                delay = self._next_delay()
                 log.error(
                     "%s: %s; reconnecting in %.1fs (failure %d)",
                     self.name,
@@ -322,6 +321,11 @@ class MailboxPoller:
                 self._record_failure(error)
                 stop.wait(delay)
 
+    def _next_delay(self) -> float:
+        """Count one more failure in a row; how long to wait before the next attempt."""
+        self.failures += 1
+        return backoff_delay(self.failures, base=self.backoff_base, cap=self.backoff_cap)
+
     def _take_lease(self, stop: threading.Event, *, waiting: bool) -> bool | None:
         """Try to take (or renew) the lease: whether it is held, None after a failure (logged,
         and waited for with backoff)."""
@@ -329,8 +333,7 @@ class MailboxPoller:
         try:
             holds = self.lease.acquire()
         except Exception as error:
-            self.failures += 1
-            delay = backoff_delay(self.failures, base=self.backoff_base, cap=self.backoff_cap)
+            delay = self._next_delay()
             log.error(
                 "%s: cannot take the lease: %s; retrying in %.1fs",
                 self.name,
