@@ -7,38 +7,47 @@ import re
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache, wraps
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import phonenumbers
 
 _T = TypeVar("_T")
-_CACHED_CHARS = 256
-"""Results for texts up to this length (labels, header and field values) are remembered."""
+_P = ParamSpec("_P")
 
 
-def _remembered(function: Callable[[str], _T]) -> Callable[[str], _T]:
-    """``function`` (pure, with an immutable result) remembering its results for short texts."""
-    cached = lru_cache(maxsize=4096)(function)
+def remembered(
+    max_chars: int = 256, maxsize: int = 4096
+) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
+    """A decorator: a pure function of texts (with an immutable result) remembering its
+    results while its text arguments are at most ``max_chars`` long together (labels, header
+    and field values); longer texts are computed each time, so the memory stays bounded."""
 
-    @wraps(function)
-    def call(text: str) -> _T:
-        return cached(text) if len(text) <= _CACHED_CHARS else function(text)
+    def decorate(function: Callable[_P, _T]) -> Callable[_P, _T]:
+        cached = lru_cache(maxsize=maxsize)(function)
 
-    return call
+        @wraps(function)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            if not kwargs and sum(len(arg) for arg in args if isinstance(arg, str)) <= max_chars:
+                return cached(*args)
+            return function(*args, **kwargs)
+
+        return call
+
+    return decorate
 
 
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 """Whitespace and control characters (a terminal escape in a report must not reach a screen)."""
 
 
-@_remembered
+@remembered()
 def nfc(text: str) -> str:
     """NFC form with runs of whitespace and control characters collapsed to one space and ends
     stripped."""
     return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-@_remembered
+@remembered()
 def fold(text: str) -> str:
     """Lower-case, strip diacritics (đ -> d) and collapse whitespace, for matching."""
     decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
@@ -64,7 +73,7 @@ def _date(year: str, month: str, day: str) -> dt.date | None:
         return None
 
 
-@_remembered
+@remembered()
 def parse_date(text: str) -> dt.date | None:
     """The first date in ``text``, read day first.
 
@@ -106,7 +115,7 @@ def parse_year(text: str) -> int | None:
 _PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().\-]{6,}\d")
 
 
-@_remembered
+@remembered()
 def normalise_phone(text: str) -> str | None:
     """The first phone number in ``text`` in national digits: ``+84 905 123 456`` -> ``0905123456``.
 
@@ -180,7 +189,7 @@ def _split_admin(name: str) -> tuple[str | None, str]:
     return None, text
 
 
-@_remembered
+@remembered()
 def strip_admin(name: str) -> str | None:
     """A place name without its administrative word (``huyện Sơn Tịnh`` -> ``Sơn Tịnh``).
 

@@ -16,7 +16,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -24,7 +23,7 @@ import mailparser
 
 from mailtracker.domain.commands import Command
 from mailtracker.domain.reports import Report, build_report, field_for_label
-from mailtracker.domain.text import fold, nfc
+from mailtracker.domain.text import fold, nfc, remembered
 from mailtracker.mail.compose import LOOP_HEADER
 from mailtracker.parsing.tables import (
     Fields,
@@ -69,7 +68,6 @@ _ROBOT_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponse", LOOP_HEADER)
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 _DAEMONS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
-_CACHED_HEADER_CHARS = 300
 _UNSTRUCTURED = frozenset(
     name.lower()
     for name in (
@@ -142,14 +140,9 @@ def _header_values(message: Message, name: str) -> list[str]:
     return [_decoded(name, _unescape(str(raw))) for raw in message.get_all(name) or []]
 
 
+@remembered(max_chars=300, maxsize=2048)
 def _decoded(name: str, text: str) -> str:
     """One header value, RFC 2047 decoded, NFC, CR/LF removed."""
-    if len(text) <= _CACHED_HEADER_CHARS:
-        return _decoded_cached(name, text)
-    return _decode(name, text)
-
-
-def _decode(name: str, text: str) -> str:
     # Without encoded words, the RFC parser gives an unstructured header back as written.
     if "=?" in text or name.lower() not in _UNSTRUCTURED:
         try:
@@ -157,9 +150,6 @@ def _decode(name: str, text: str) -> str:
         except Exception:  # a header the RFC parser rejects is kept as written
             log.debug("undecodable %s header", name)
     return nfc(text.replace("\r", " ").replace("\n", " "))
-
-
-_decoded_cached = lru_cache(maxsize=2048)(_decode)
 
 
 def _header(message: Message, name: str) -> str | None:
