@@ -3,17 +3,94 @@ personal-data and several-instance tests start, stop and kill."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from servers import ImapServer
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT = 20.0
+SECRET_ENV = {"MT_RUN_SECRET": "run-test-secret"}
+
+
+def midday_zone() -> str:
+    """A fixed-offset zone where it is now about noon, so no test crosses local midnight."""
+    offset = (12 - dt.datetime.now(dt.UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    if offset == 0:
+        return "Etc/GMT"
+    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+def write_run_config(
+    path: Path,
+    *,
+    database: str,
+    dovecot: ImapServer,
+    staff: Mapping[str, str],
+    smtp_port: int | None = None,
+    sender: str = "tracker@example.org",
+    zone: str = "Asia/Ho_Chi_Minh",
+    digest_at: dt.time = dt.time(7, 0),
+    units: Sequence[str] = ("cdc", "med"),
+    tracker_extra: Sequence[str] = (),
+) -> dict[str, str]:
+    """Write ``path``: units ``cdc`` (lead, vi) and ``med`` (member, en) of ``units``, each
+    with its ``staff`` address and one mailbox on ``dovecot`` (IDLE); SMTP when
+    ``smtp_port`` is given. Returns the environment its secrets come from."""
+    env = dict(SECRET_ENV)
+    lines = [
+        "[tracker]",
+        f'database = "{database}"',
+        f'timezone = "{zone}"',
+        'case_prefix = "QN"',
+        'secret_key = "env:MT_RUN_SECRET"',
+        *tracker_extra,
+        "",
+    ]
+    if smtp_port is not None:
+        lines += [
+            "[smtp]",
+            'host = "127.0.0.1"',
+            f"port = {smtp_port}",
+            'security = "none"',
+            f'from = "Mailtracker QN <{sender}>"',
+            "",
+        ]
+    for unit_id in units:
+        user = f"{unit_id}-inbox@example.org"
+        if user not in dovecot.passwords:
+            dovecot.add_user(user, f"pw-{unit_id}")
+        env[f"MT_RUN_IMAP_{unit_id.upper()}"] = dovecot.passwords[user]
+        lines += [
+            "[[units]]",
+            f'id = "{unit_id}"',
+            f'name = "Unit {unit_id}"',
+            f'role = "{"lead" if unit_id == "cdc" else "member"}"',
+            f'language = "{"vi" if unit_id == "cdc" else "en"}"',
+            f'staff = ["{staff[unit_id]}"]',
+            f'digest_to = ["{staff[unit_id]}"]',
+            f"digest_at = {digest_at.strftime('%H:%M:%S')}",
+            "",
+            "  [[units.mailboxes]]",
+            f'  host = "{dovecot.host}"',
+            f"  port = {dovecot.port}",
+            '  security = "none"',
+            f'  username = "{user}"',
+            f'  password = "env:MT_RUN_IMAP_{unit_id.upper()}"',
+            "  idle = true",
+            '  poll_every = "60s"',
+            "",
+        ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return env
 
 
 class RunningDaemon:

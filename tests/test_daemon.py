@@ -15,7 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from daemon_support import RunningDaemon
+from daemon_support import RunningDaemon, midday_zone, write_run_config
 from outgoing_support import NOW, make_config
 from servers import ImapServer
 from smtp_capture import Captured, SmtpCapture
@@ -26,18 +26,8 @@ from mailtracker.daemon import Daemon, digest_day
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import DigestSent, OutboxMessage
 
-SECRET_ENV = {"MT_RUN_SECRET": "run-test-secret"}
 STOP_WITHIN = 5.0
 PERSONAL = ("Nguyễn Thị Hoa", "0905111222", "0905 111 222")
-
-
-def midday_zone() -> str:
-    """A fixed-offset zone where it is now about noon, so no test crosses local midnight."""
-    offset = (12 - dt.datetime.now(dt.UTC).hour) % 24
-    offset = offset - 24 if offset > 14 else offset
-    if offset == 0:
-        return "Etc/GMT"
-    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
 
 
 def local_now(zone: str) -> dt.datetime:
@@ -54,49 +44,16 @@ def write_config(
 ) -> tuple[Path, dict[str, str]]:
     """Units ``cdc`` (lead, vi) and ``med`` (member, en), a mailbox each on ``dovecot``;
     the database is ``database``, by default ``tracker.db`` in ``tmp_path``."""
-    env = dict(SECRET_ENV)
-    database = database or f"sqlite:///{tmp_path / 'tracker.db'}"
-    lines = [
-        "[tracker]",
-        f'database = "{database}"',
-        f'timezone = "{zone}"',
-        'case_prefix = "QN"',
-        'secret_key = "env:MT_RUN_SECRET"',
-        "",
-        "[smtp]",
-        'host = "127.0.0.1"',
-        f"port = {smtp_port}",
-        'security = "none"',
-        'from = "Mailtracker QN <tracker@example.org>"',
-        "",
-    ]
-    for unit_id, language, role in (("cdc", "vi", "lead"), ("med", "en", "member")):
-        user = f"{unit_id}-inbox@example.org"
-        if user not in dovecot.passwords:
-            dovecot.add_user(user, f"pw-{unit_id}")
-        env[f"MT_RUN_IMAP_{unit_id.upper()}"] = dovecot.passwords[user]
-        lines += [
-            "[[units]]",
-            f'id = "{unit_id}"',
-            f'name = "Unit {unit_id}"',
-            f'role = "{role}"',
-            f'language = "{language}"',
-            f'staff = ["staff@{unit_id}.example.org"]',
-            f'digest_to = ["staff@{unit_id}.example.org"]',
-            f"digest_at = {digest_at.strftime('%H:%M:%S')}",
-            "",
-            "  [[units.mailboxes]]",
-            f'  host = "{dovecot.host}"',
-            f"  port = {dovecot.port}",
-            '  security = "none"',
-            f'  username = "{user}"',
-            f'  password = "env:MT_RUN_IMAP_{unit_id.upper()}"',
-            "  idle = true",
-            '  poll_every = "60s"',
-            "",
-        ]
     path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    env = write_run_config(
+        path,
+        database=database or f"sqlite:///{tmp_path / 'tracker.db'}",
+        dovecot=dovecot,
+        staff={unit_id: f"staff@{unit_id}.example.org" for unit_id in ("cdc", "med")},
+        smtp_port=smtp_port,
+        zone=zone,
+        digest_at=digest_at,
+    )
     return path, env
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from daemon_support import RunningDaemon
+from daemon_support import RunningDaemon, midday_zone, write_run_config
 from mailgen import notification as old_notification
 from reply_support import DOC, EPI, TRACKER, read, reply, text_of
 from servers import ImapServer, MakeConfig, PostgresServer
@@ -344,13 +344,8 @@ def notification(number: int, *, to: str) -> bytes:
     return message.as_bytes()
 
 
-def midday_zone() -> str:
-    """A fixed-offset zone where it is now about noon, so no test crosses local midnight."""
-    offset = (12 - dt.datetime.now(dt.UTC).hour) % 24
-    offset = offset - 24 if offset > 14 else offset
-    if offset == 0:
-        return "Etc/GMT"
-    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+STAFF = {"cdc": EPI, "med": DOC}
+"""The staff of each unit: the epidemiologist at the CDC, the doctor at Medical Affairs."""
 
 
 @pytest.fixture
@@ -361,68 +356,6 @@ def postgres_url(postgres_cluster: PostgresServer) -> Iterator[str]:
         yield postgres_cluster.url(name)
     finally:
         postgres_cluster.drop_database(name)
-
-
-def write_config(
-    path: Path,
-    *,
-    database: str,
-    dovecot: ImapServer,
-    lease: str,
-    smtp_port: int | None = None,
-    zone: str = "Asia/Ho_Chi_Minh",
-    digest_at: dt.time = dt.time(7, 0),
-    units: tuple[str, ...] = ("cdc", "med"),
-) -> dict[str, str]:
-    """A config with units ``cdc`` (lead, staff EPI) and ``med`` (member, staff DOC), one
-    mailbox each on ``dovecot``; the environment its secrets come from."""
-    env = {"MT_RUN_SECRET": "instances-secret"}
-    lines = [
-        "[tracker]",
-        f'database = "{database}"',
-        f'timezone = "{zone}"',
-        'case_prefix = "QN"',
-        'secret_key = "env:MT_RUN_SECRET"',
-        f'mailbox_lease = "{lease}"',
-        "",
-    ]
-    if smtp_port is not None:
-        lines += [
-            "[smtp]",
-            'host = "127.0.0.1"',
-            f"port = {smtp_port}",
-            'security = "none"',
-            f'from = "Mailtracker QN <{TRACKER}>"',
-            "",
-        ]
-    staff = {"cdc": EPI, "med": DOC}
-    for unit_id in units:
-        user = f"{unit_id}-inbox@example.org"
-        if user not in dovecot.passwords:
-            dovecot.add_user(user, f"pw-{unit_id}")
-        env[f"MT_RUN_IMAP_{unit_id.upper()}"] = dovecot.passwords[user]
-        lines += [
-            "[[units]]",
-            f'id = "{unit_id}"',
-            f'name = "Unit {unit_id}"',
-            f'role = "{"lead" if unit_id == "cdc" else "member"}"',
-            f'language = "{"vi" if unit_id == "cdc" else "en"}"',
-            f'staff = ["{staff[unit_id]}"]',
-            f'digest_to = ["{staff[unit_id]}"]',
-            f"digest_at = {digest_at.strftime('%H:%M:%S')}",
-            "",
-            "  [[units.mailboxes]]",
-            f'  host = "{dovecot.host}"',
-            f"  port = {dovecot.port}",
-            '  security = "none"',
-            f'  username = "{user}"',
-            f'  password = "env:MT_RUN_IMAP_{unit_id.upper()}"',
-            "  idle = true",
-            '  poll_every = "60s"',
-            "",
-        ]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return env
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -463,14 +396,16 @@ def test_three_daemons_share_mailboxes_and_send_everything_once(
     zone = midday_zone()
     digest_at = (dt.datetime.now(ZoneInfo(zone)) + dt.timedelta(seconds=25)).time()
     config = tmp_path / "config.toml"
-    env = write_config(
+    env = write_run_config(
         config,
         database=postgres_url,
         dovecot=dovecot,
-        lease="20s",
+        staff=STAFF,
         smtp_port=smtp_server.port,
+        sender=TRACKER,
         zone=zone,
         digest_at=digest_at.replace(microsecond=0),
+        tracker_extra=['mailbox_lease = "20s"'],
     )
     db = open_database(postgres_url)  # the schema exists before three daemons start at once
     try:
@@ -563,8 +498,13 @@ def test_a_killed_poller_is_taken_over_at_once_by_an_instance_of_its_machine(
 ) -> None:
     lease = 10.0
     config = tmp_path / "config.toml"
-    env = write_config(
-        config, database=postgres_url, dovecot=dovecot, lease=f"{lease:.0f}s", units=("cdc",)
+    env = write_run_config(
+        config,
+        database=postgres_url,
+        dovecot=dovecot,
+        staff=STAFF,
+        units=("cdc",),
+        tracker_extra=[f'mailbox_lease = "{lease:.0f}s"'],
     )
     db = open_database(postgres_url)
     try:
