@@ -9,10 +9,14 @@ Each prints one JSON object: ``seconds`` (the work itself, interpreter start-up 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def poll(config: str, profile: str | None = None) -> dict[str, float | int]:
@@ -23,6 +27,8 @@ def poll(config: str, profile: str | None = None) -> dict[str, float | int]:
 
     build_parser()  # every command module imported before the clock starts, as in the baseline
     argv = ["--config", config, "--log-level", "WARNING", "poll", "--once"]
+    workers = WorkerPeaks()
+    workers.start()
     started = time.perf_counter()
     if profile:
         import cProfile
@@ -33,9 +39,49 @@ def poll(config: str, profile: str | None = None) -> dict[str, float | int]:
     else:
         status = main(argv)
     seconds = time.perf_counter() - started
+    workers.stop()
     if status != 0:
         raise SystemExit(f"poll --once exited with {status}")
-    return {"seconds": seconds, "messages": -1}
+    return {"seconds": seconds, "messages": -1, "workers": len(workers.peaks)} | {
+        "workers_rss_mb": sum(workers.peaks.values()) / 1024
+    }
+
+
+class WorkerPeaks(threading.Thread):
+    """Samples the peak RSS (``VmHWM``, kB) of each child process (the parsing workers and
+    their helper) every 20 ms until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[int, int] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self._done.wait(0.02):
+            children: list[int] = []
+            for listing in Path(f"/proc/{me}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    children += [int(pid) for pid in listing.read_text("ascii").split()]
+            for pid in children:
+                peak = _vm_hwm_kb(f"/proc/{pid}/status")
+                if peak is not None:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), peak)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _vm_hwm_kb(status_path: str) -> int | None:
+    try:
+        with open(status_path, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def baseline(host: str, port: int, user: str, password: str, batch: int) -> dict[str, float | int]:
@@ -65,11 +111,8 @@ def peak_rss_mb() -> float:
     Unlike ``ru_maxrss`` read by the parent with ``wait4``, it does not include the parent's
     own peak, which Linux carries over into a child's rusage across fork and exec.
     """
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    peak = _vm_hwm_kb("/proc/self/status")
+    return float("nan") if peak is None else peak / 1024
 
 
 def main(argv: Sequence[str]) -> int:

@@ -166,17 +166,21 @@ def write_config(
     staff: Sequence[str] = ("epi@cdc.example.org",),
     idle: bool = True,
     poll_every: str = "60s",
+    parse_workers: int | None = None,
 ) -> Path:
     """A ``config.toml``: one unit per key of ``users`` (the first ``lead``), each with a
-    mailbox on ``imap`` per login listed; secrets through ``env:``."""
+    mailbox on ``imap`` per login listed; secrets through ``env:``; ``parse_workers`` left
+    to its default unless given."""
     lines = [
         "[tracker]",
         f'database = "{database}"',
         'timezone = "Asia/Ho_Chi_Minh"',
         'case_prefix = "QN"',
         'secret_key = "env:BENCH_SECRET"',
-        "",
     ]
+    if parse_workers is not None:
+        lines.append(f"parse_workers = {parse_workers}")
+    lines.append("")
     if smtp_port is not None:
         lines += [
             "[smtp]",

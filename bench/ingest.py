@@ -30,6 +30,8 @@ RATIO_GOAL = 1.5
 RSS_GOAL_MB = 200.0
 SCALE_GOAL = 1.25
 """Cost per message at the largest level over the cost on an empty database."""
+SINGLE = "SQLite, parse_workers = 0"
+"""The SQLite run again with parsing in the main process only."""
 SEED_NOW = dt.datetime(2020, 3, 1, 1, 0, tzinfo=dt.UTC)
 
 
@@ -81,11 +83,17 @@ def throughput(
             if pg_url is None:
                 results.notes.append("PostgreSQL: no throwaway cluster could be started.")
             targets.append(("PostgreSQL", pg_url))
+        if targets[0][1] is not None:  # the same without parsing workers, for comparison
+            targets.insert(1, (SINGLE, f"sqlite:///{work / 'ingest-single.db'}"))
         for label, url in targets:
             if url is None:
                 continue
             config = write_config(
-                work / f"ingest-{label}.toml", database=url, imap=imap, users={"cdc": [user]}
+                work / f"ingest-{label.split(',')[0]}.toml",
+                database=url,
+                imap=imap,
+                users={"cdc": [user]},
+                parse_workers=0 if label == SINGLE else None,
             )
             args = ["poll", str(config)]
             if profile is not None and label == "SQLite":
@@ -93,6 +101,7 @@ def throughput(
             print(f"ingest: poll --once into an empty {label} database", flush=True)
             run = run_child(args)
             rate = messages / run.output["seconds"]
+            rss = run.max_rss_mb + run.output["workers_rss_mb"]
             cases = count_cases(url)
             details = {
                 "messages": messages,
@@ -101,6 +110,8 @@ def throughput(
                 "seconds": round(run.output["seconds"], 2),
                 "process_wall_seconds": round(run.wall_seconds, 2),
                 "profiled": profile is not None and label == "SQLite",
+                "child_processes": run.output["workers"],
+                "main_process_rss_mb": round(run.max_rss_mb, 1),
             }
             if cases != expected:
                 results.notes.append(f"{label}: {cases} cases for {expected} reports sent.")
@@ -121,13 +132,14 @@ def throughput(
             results.add(
                 Figure(
                     "ingest",
-                    f"peak RSS, {label}",
-                    run.max_rss_mb,
+                    f"peak RSS, {label} (main process + workers)",
+                    rss,
                     "MB",
                     base_rss,
                     "peak RSS of the baseline process",
                     goal=f"<= {RSS_GOAL_MB:.0f} MB",
-                    met=run.max_rss_mb <= RSS_GOAL_MB,
+                    met=rss <= RSS_GOAL_MB,
+                    details={"main_process_mb": round(run.max_rss_mb, 1)},
                 )
             )
 

@@ -149,6 +149,8 @@ class TrackerSettings:
     mailbox_lease: dt.timedelta
     previous_secret_keys: tuple[Secret, ...] = ()
     """Former ``secret_key`` values whose reply tokens are still accepted (a rotation's grace)."""
+    parse_workers: int = 0
+    """Worker processes parsing a backlog of mail while the cases are written; 0: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +297,13 @@ def config_from_dict(
     return config
 
 
+def default_parse_workers() -> int:
+    """``tracker.parse_workers`` by default: one per usable core but one (the main process
+    writes the cases meanwhile), up to four; none on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if (cores or 1) < 2 else min((cores or 1) - 1, 4)
+
+
 def _suggest(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or nothing."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -342,6 +351,7 @@ _TRACKER_KEYS = (
     "retention_days",
     "mailbox_lease",
     "previous_secret_keys",
+    "parse_workers",
 )
 _SMTP_KEYS = ("host", "port", "security", "username", "password", "from")
 _RULES_KEYS = tuple(rule.name for rule in fields(Rules))
@@ -599,6 +609,10 @@ class _Reader:
             retention_days=self.integer(table, where, "retention_days", None, 1, 36500),
             mailbox_lease=self.mailbox_lease(table),
             previous_secret_keys=self.secrets(table, where, "previous_secret_keys"),
+            parse_workers=self.integer(
+                table, where, "parse_workers", default_parse_workers(), 0, 16
+            )
+            or 0,
         )
 
     def mailbox_lease(self, table: Mapping[str, Any]) -> dt.timedelta:

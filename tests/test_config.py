@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -106,6 +107,8 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert tracker.reply_token_days == 14
     assert tracker.max_message_bytes == 25 * 1024 * 1024
     assert tracker.retention_days is None
+    cores = len(os.sched_getaffinity(0))
+    assert tracker.parse_workers == (0 if cores < 2 else min(cores - 1, 4))
     assert config.rules == Rules()
     assert config.rules.verify_within == dt.timedelta(hours=24)
     assert config.rules.facility_followup_every == dt.timedelta(hours=12)
@@ -263,6 +266,12 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
         lambda d: d["tracker"].update(reply_token_days="14"),
         "tracker.reply_token_days",
         "must be an integer, not a string",
+    ),
+    (
+        "too many parsing workers",
+        lambda d: d["tracker"].update(parse_workers=17),
+        "tracker.parse_workers",
+        "must be between 0 and 16 (got 17)",
     ),
     (
         "boolean as integer",

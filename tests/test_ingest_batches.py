@@ -1,9 +1,13 @@
-"""Processing in batches: one transaction per batch, a savepoint per message, capped."""
+"""Processing in batches: one transaction per batch, capped; a backlog parsed by workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
+import signal
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -11,6 +15,8 @@ from sqlalchemy.orm import Session
 from store_support import make_config, notification
 
 from mailtracker.config import Config
+from mailtracker.parsing.message import ParsedMessage
+from mailtracker.parsing.pool import Ahead, ParsePool
 from mailtracker.services import ingest
 from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database, open_database
@@ -82,8 +88,8 @@ def test_a_batch_cut_short_by_its_time_cap_leaves_the_rest_pending_for_the_next(
     batches: list[int] = []
     process_batch = Ingestor._process_batch
 
-    def counting(self: Ingestor, ids: Sequence[int], now: dt.datetime) -> object:
-        done, result = process_batch(self, ids, now)
+    def counting(self: Ingestor, ids: Sequence[int], *args: Any) -> object:
+        done, result = process_batch(self, ids, *args)
         batches.append(done)
         return done, result
 
@@ -122,3 +128,65 @@ def test_batches_are_capped_by_count_and_by_bytes(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ingest, "PROCESS_BATCH_BYTES", 100)
     pending = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 95), (6, 500), (7, 5), (8, 5)]
     assert list(Ingestor._batches(pending)) == [[1, 2, 3], [4], [5], [6], [7, 8]]
+
+
+# -- a backlog parsed by worker processes -------------------------------------------------------
+
+
+def with_workers(config: Config, workers: int) -> Config:
+    return dataclasses.replace(
+        config, tracker=dataclasses.replace(config.tracker, parse_workers=workers)
+    )
+
+
+def parsing_here_fails(raw: bytes) -> ParsedMessage:
+    raise AssertionError("parsed in the main process")
+
+
+def test_a_backlog_is_parsed_by_the_workers_with_the_same_cases(
+    database: Database, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "PROCESS_BATCH", 4)
+    monkeypatch.setattr(ingest, "PARSE_AHEAD_MIN", 1)
+    ingestor = Ingestor(database, with_workers(config, 2))
+    ingestor.parse = parsing_here_fails  # every message must come parsed from a worker
+    repeated = [(uid + 10, raw) for uid, raw in people(3)]  # the same people again: merged
+    ingestor.store_batch(config.units[0].mailboxes[0], 1, people(10) + repeated, now=NOW)
+    result = ingestor.process_pending(now=NOW)
+    assert (result.processed, result.failed, result.quarantined) == (13, 0, 0)
+    assert sorted(result.created) == [f"QN-{n:04d}" for n in range(1, 11)]
+    assert sorted(result.merged) == ["QN-0001", "QN-0002", "QN-0003"]
+    assert counts(database) == (10, 13, 13, 0)
+
+
+def test_a_small_backlog_is_parsed_in_the_main_process(database: Database, config: Config) -> None:
+    ingestor = Ingestor(database, with_workers(config, 2))
+    ingestor.parse = parsing_here_fails
+    ingestor.store_batch(config.units[0].mailboxes[0], 1, people(3), now=NOW)
+    result = ingestor.process_pending(now=NOW)
+    assert (result.processed, result.failed) == (0, 3)  # below PARSE_AHEAD_MIN: no workers
+
+
+def test_when_the_workers_are_killed_the_main_process_parses_the_rest(
+    database: Database, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "PROCESS_BATCH", 5)
+    monkeypatch.setattr(ingest, "PARSE_AHEAD_MIN", 1)
+    killed: list[int] = []
+    submit = ParsePool.submit
+
+    def submit_then_kill(pool: ParsePool, messages: Sequence[tuple[int, bytes]]) -> Ahead:
+        ahead = submit(pool, messages)
+        if messages[0][0] > 5 and not killed:  # the second batch: its workers die
+            for process in list(pool._executor._processes.values()):  # type: ignore[union-attr]
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
+        return ahead
+
+    monkeypatch.setattr(ParsePool, "submit", submit_then_kill)
+    ingestor = Ingestor(database, with_workers(config, 2))
+    ingestor.store_batch(config.units[0].mailboxes[0], 1, people(15), now=NOW)
+    result = ingestor.process_pending(now=NOW)
+    assert killed
+    assert (result.processed, len(result.created), result.failed) == (15, 15, 0)
+    assert counts(database) == (15, 15, 15, 0)

@@ -2,8 +2,9 @@
 
 Storing and processing are separate steps. ``store_batch`` commits the raw messages and the
 mailbox position in one transaction, so a message is never lost and never fetched twice;
-``process_pending`` then parses each stored message in a transaction of its own that also
-marks it processed, so a crash at any point neither loses nor duplicates anything.
+``process_pending`` then parses the stored messages and writes their cases in batches, each in
+a transaction that also marks its messages processed, so a crash at any point neither loses
+nor duplicates anything. A backlog is parsed by worker processes a batch ahead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +35,7 @@ from mailtracker.domain.matching import (
 from mailtracker.domain.reports import Report
 from mailtracker.domain.workflow import new_case
 from mailtracker.parsing.message import ParsedMessage, parse_message
+from mailtracker.parsing.pool import Parsed, ParsePool
 from mailtracker.store.db import Database
 from mailtracker.store.models import Case, CaseEvent, CaseSource, CaseUnit, MailboxState, Message
 from mailtracker.store.queries import (
@@ -52,6 +54,9 @@ IMPORT_CHUNK = 100
 PROCESS_BATCH = 200
 PROCESS_BATCH_SECONDS = 1.0
 PROCESS_BATCH_BYTES = 32 * 1024 * 1024
+PARSE_AHEAD_MIN = 2 * PROCESS_BATCH
+"""A backlog of at least this many messages is parsed by worker processes, a batch ahead."""
+_NONE_YET: Mapping[int, Parsed] = {}
 SYSTEM = "system"
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _MAX_MESSAGE_ID = 998
@@ -361,16 +366,34 @@ class Ingestor:
         transaction itself fails, its messages are processed again one transaction each.
         """
         result = ProcessResult()
-        for batch in self._batches(self._pending(limit)):
-            while batch:
-                try:
-                    done, outcome = self._process_batch(batch, now)
-                except Exception as error:  # the transaction failed: message by message
-                    log.warning("processing a batch failed (%s): one by one", type(error).__name__)
-                    log.debug("processing a batch failed", exc_info=True)
-                    done, outcome = len(batch), self._process_each(batch, now)
-                result.add(outcome)  # counted once committed
-                batch = batch[max(done, 1) :]
+        batches = list(self._batches(self._pending(limit)))
+        workers = self.config.tracker.parse_workers
+        pool = (
+            ParsePool(
+                workers,
+                case_prefix=self.config.tracker.case_prefix,
+                timezone=self.config.tracker.timezone,
+            )
+            if workers and sum(map(len, batches)) >= PARSE_AHEAD_MIN
+            else nullcontext(None)
+        )
+        with pool as parsers:
+            ahead = parsers.submit(self._contents(batches[0])) if parsers else None
+            for position, batch in enumerate(batches):
+                parsed = ahead.results() if ahead else {}
+                if parsers and position + 1 < len(batches):
+                    ahead = parsers.submit(self._contents(batches[position + 1]))
+                while batch:
+                    try:
+                        done, outcome = self._process_batch(batch, now, parsed)
+                    except Exception as error:  # the transaction failed: message by message
+                        log.warning(
+                            "processing a batch failed (%s): one by one", type(error).__name__
+                        )
+                        log.debug("processing a batch failed", exc_info=True)
+                        done, outcome = len(batch), self._process_each(batch, now, parsed)
+                    result.add(outcome)  # counted once committed
+                    batch = batch[max(done, 1) :]
         if result.processed:
             log.info(
                 "processed %d message(s): %d case(s) created, %d merged, %d quarantined",
@@ -381,9 +404,26 @@ class Ingestor:
             )
         return result
 
-    def _process_batch(self, ids: Sequence[int], now: dt.datetime) -> tuple[int, ProcessResult]:
-        """Claim and process ``ids`` in one transaction, a savepoint each; returns how many
-        of ``ids`` were handled (fewer when the time cap ends the batch early)."""
+    def _contents(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """The stored content of the messages ``ids`` (those that have it)."""
+        with self.db.session(read_only=True) as session:
+            rows = session.execute(
+                select(Message.id, Message.raw).where(Message.id.in_(ids), Message.raw.is_not(None))
+            )
+            return [(message_id, raw) for message_id, raw in rows if raw is not None]
+
+    def _process_batch(
+        self, ids: Sequence[int], now: dt.datetime, parsed: Mapping[int, Parsed] = _NONE_YET
+    ) -> tuple[int, ProcessResult]:
+        """Claim and process ``ids`` in one transaction; returns how many of ``ids`` were
+        handled (fewer when the time cap ends the batch early).
+
+        The messages are parsed first (a message the parser fails on is quarantined alone),
+        then their reports are matched against the open cases of the whole batch, loaded in
+        one query, and the cases written in one flush. Replies are applied in order, each
+        under a savepoint. Any other failure rolls the whole batch back (the caller then
+        processes its messages one transaction each).
+        """
         result = ProcessResult()
         deadline = time.monotonic() + PROCESS_BATCH_SECONDS
         with self.db.session() as session:
@@ -393,49 +433,53 @@ class Ingestor:
                 for message in session.scalars(select(Message).where(Message.id.in_(claimed)))
             }
             sources = self._sources_of(session, claimed)
+            work: list[tuple[Message, Parsed | None]] = []
             done = 0
             for message_id in ids:
                 if done and time.monotonic() > deadline:
                     break
                 done += 1
                 message = messages.get(message_id)
-                if message is None:
-                    continue  # another process got there first
-                outcome = ProcessResult()
-                try:
-                    with session.begin_nested():
-                        self._process(session, message, sources.get(message_id, []), now, outcome)
-                except Exception as error:  # one message never stops the others
-                    self._log_failure(message_id, error)
-                    message.quarantined = True
-                    message.error = f"processing failed: {type(error).__name__}"
-                    outcome = ProcessResult(failed=1)
-                result.add(outcome)
+                if message is not None:  # else another process got there first
+                    work.append(
+                        (
+                            message,
+                            parsed[message_id]
+                            if message_id in parsed
+                            else self._parse_stored(message),
+                        )
+                    )
             left = [message_id for message_id in ids[done:] if message_id in messages]
             if left:  # claimed but not reached: back to pending, for the next batch
                 session.execute(
                     update(Message).where(Message.id.in_(left)).values(processed_at=None)
                 )
+            self._apply(session, work, sources, now, result)
         return done, result
 
-    def _process_each(self, ids: Sequence[int], now: dt.datetime) -> ProcessResult:
+    def _process_each(
+        self, ids: Sequence[int], now: dt.datetime, parsed: Mapping[int, Parsed]
+    ) -> ProcessResult:
         """Process ``ids`` one transaction each; a failure quarantines that message."""
         result = ProcessResult()
         for message_id in ids:
-            outcome = ProcessResult()
             try:
-                with self.db.session() as session:
-                    claimed = self._claim(session, [message_id], now)
-                    if claimed:
-                        message = session.get_one(Message, message_id)
-                        linked = self._sources_of(session, claimed).get(message_id, [])
-                        self._process(session, message, linked, now, outcome)
+                _, outcome = self._process_batch([message_id], now, parsed)
                 result.add(outcome)
             except Exception as error:  # one message never stops the others
                 self._log_failure(message_id, error)
                 self._quarantine_failed(message_id, now, error)
                 result.failed += 1
         return result
+
+    def _parse_stored(self, message: Message) -> Parsed | None:
+        """The parsed message, the exception the parser raised, or None without content."""
+        if message.raw is None:
+            return None
+        try:
+            return self.parse(message.raw)
+        except Exception as error:  # quarantined by _apply, the others go on
+            return error
 
     def _claim(self, session: Session, ids: Sequence[int], now: dt.datetime) -> list[int]:
         """Mark the still unprocessed ``ids`` processed (in the caller's transaction, under
@@ -501,103 +545,140 @@ class Ingestor:
                 )
             )
 
-    def _process(
+    def _apply(
         self,
         session: Session,
-        message: Message,
-        sources: list[tuple[Case, int]],
+        work: Sequence[tuple[Message, Parsed | None]],
+        sources: dict[int, list[tuple[Case, int]]],
         now: dt.datetime,
         result: ProcessResult,
     ) -> None:
-        """Parse one claimed message and open or join its cases (``sources``: those it gave a
-        report to already), or hand it to the reply handler, or quarantine it."""
-        result.processed += 1
-        if message.raw is None:
-            message.quarantined = True
-            message.error = message.error or "the message content was not stored"
-            result.quarantined += 1
-            return
-        parsed = self.parse(message.raw)
-        message.kind = parsed.kind
-        message.error = parsed.error
-        message.date = parsed.date
-        if parsed.kind == "notification" and parsed.reports:
-            received = min(parsed.date, message.received_at) if parsed.date else None
-            for index, report in enumerate(parsed.reports):
-                self._attach(
-                    session,
-                    message,
-                    sources,
-                    index,
-                    report,
-                    received or message.received_at,
-                    now,
-                    result,
-                )
-        elif parsed.kind == "reply":
-            result.replies += 1
-            if self.reply_handler is not None:
-                self.reply_handler(session, message, parsed, now)
-        elif parsed.kind in ("auto", "bounce"):
-            result.ignored += 1
-        else:
-            message.quarantined = True
-            if parsed.kind == "notification":
-                message.error = parsed.error or "a notification without a readable report"
+        """Record what each parsed message is and open or join its cases (``sources``: those
+        a message gave a report to already), or hand it to the reply handler, or quarantine
+        it; in the order of ``work``."""
+        touched: list[tuple[Case, Message, bool]] = []
+        open_cases: _OpenCases | None = None
+        for position, (message, parsed) in enumerate(work):
+            if isinstance(parsed, Exception):
+                self._log_failure(message.id, parsed)
+                message.quarantined = True
+                message.error = f"processing failed: {type(parsed).__name__}"
+                result.failed += 1
+                continue
+            result.processed += 1
+            if parsed is None:
+                message.quarantined = True
+                message.error = message.error or "the message content was not stored"
+                result.quarantined += 1
+                continue
+            message.kind = parsed.kind
+            message.error = parsed.error
+            message.date = parsed.date
+            if parsed.kind == "notification" and parsed.reports:
+                if open_cases is None:
+                    open_cases = _OpenCases.load(session, _person_keys(work[position:]))
+                received = min(parsed.date, message.received_at) if parsed.date else None
+                linked = sources.setdefault(message.id, [])
+                for index, report in enumerate(parsed.reports):
+                    touched += self._attach(
+                        session,
+                        open_cases,
+                        message,
+                        linked,
+                        index,
+                        report,
+                        received or message.received_at,
+                        now,
+                    )
+            elif parsed.kind == "reply":
+                result.replies += 1
+                if self.reply_handler is not None:
+                    self._settle(session, touched, now, result)
+                    open_cases = None  # a reply may change cases: look them up again
+                    self._reply(session, message, parsed, now, result)
+            elif parsed.kind in ("auto", "bounce"):
+                result.ignored += 1
             else:
-                message.error = parsed.error or "neither a notification nor a reply"
-            result.quarantined += 1
-            log.info("message %d quarantined (%s)", message.id, parsed.kind)
+                message.quarantined = True
+                if parsed.kind == "notification":
+                    message.error = parsed.error or "a notification without a readable report"
+                else:
+                    message.error = parsed.error or "neither a notification nor a reply"
+                result.quarantined += 1
+                log.info("message %d quarantined (%s)", message.id, parsed.kind)
+        self._settle(session, touched, now, result)
+
+    def _reply(
+        self,
+        session: Session,
+        message: Message,
+        parsed: ParsedMessage,
+        now: dt.datetime,
+        result: ProcessResult,
+    ) -> None:
+        """Hand a reply to the reply handler under a savepoint: a failure quarantines it."""
+        assert self.reply_handler is not None
+        try:
+            with session.begin_nested():
+                self.reply_handler(session, message, parsed, now)
+        except Exception as error:  # one message never stops the others
+            self._log_failure(message.id, error)
+            message.quarantined = True
+            message.error = f"processing failed: {type(error).__name__}"
+            result.processed -= 1
+            result.replies -= 1
+            result.failed += 1
+
+    def _settle(
+        self,
+        session: Session,
+        touched: list[tuple[Case, Message, bool]],
+        now: dt.datetime,
+        result: ProcessResult,
+    ) -> None:
+        """Write the cases opened or joined so far, number the new ones, call the case hook."""
+        if not touched:
+            return
+        session.flush()
+        prefix = self.config.tracker.case_prefix
+        for case, _, created in touched:
+            if created and case.ref is None:
+                case.ref = format_ref(prefix, case.id)
+        session.flush()
+        for case, message, created in touched:
+            (result.created if created else result.merged).append(case.ref or "")
+            if self.case_handler is not None:
+                self.case_handler(session, case, message, created, now)
+        touched.clear()
 
     def _attach(
         self,
         session: Session,
+        open_cases: _OpenCases,
         message: Message,
-        sources: list[tuple[Case, int]],
+        linked: list[tuple[Case, int]],
         index: int,
         report: Report,
         received: dt.datetime,
         now: dt.datetime,
-        result: ProcessResult,
-    ) -> None:
-        """Open a case for one report, or join it to the open case of the same person."""
+    ) -> list[tuple[Case, Message, bool]]:
+        """Open a case for one report, or join it to the open case of the same person;
+        returns the case touched (none when this report has its case already)."""
         key = person_key(report)
-        for linked, report_index in sources:
-            if same_person(case_key(linked), linked.received_at, key, received) or (
+        for case, report_index in linked:
+            if same_person(case_key(case), case.received_at, key, received) or (
                 not key.matchable and report_index == index
             ):
-                return  # this message already gave this report a case: processed before
-        case = None
-        if key.matchable:
-            # Before the first report only this message's own columns are pending: the
-            # lookup needs no flush. A later one must see the cases written before it.
-            with session.no_autoflush if index == 0 else nullcontext():
-                case = self._open_case_of(session, key, received)
-        created = case is None
-        if case is None:
+                return []  # this message already gave this report a case: processed before
+        found = open_cases.find(key, received) if key.matchable else None
+        if found is None:
             case = self._create(session, message, index, report, received, now)
-            result.created.append(case.ref or "")
+            open_cases.add(case, {message.unit_id})
         else:
-            self._merge(session, case, message, index, report, now)
-            result.merged.append(case.ref or "")
-        sources.append((case, index))
-        if self.case_handler is not None:
-            self.case_handler(session, case, message, created, now)
-
-    def _open_case_of(self, session: Session, key: PersonKey, received: dt.datetime) -> Case | None:
-        """The open case of the person ``key`` names (by report id first), if there is one."""
-        conditions = []
-        if key.report_id is not None:
-            conditions.append(Case.report_id == key.report_id)
-        if key.phone is not None and key.name_key is not None:
-            conditions.append((Case.phone == key.phone) & (Case.name_key == key.name_key))
-        candidates = session.scalars(
-            select(Case).where(Case.status != "closed", or_(*conditions)).order_by(Case.id)
-        )
-        matches = [c for c in candidates if same_person(case_key(c), c.received_at, key, received)]
-        by_id = [c for c in matches if key.report_id is not None and c.report_id == key.report_id]
-        preferred = by_id or matches
-        return preferred[0] if preferred else None
+            case = found
+            self._merge(session, open_cases, case, message, index, report, now)
+        linked.append((case, index))
+        return [(case, message, found is None)]
 
     def _create(
         self,
@@ -608,27 +689,24 @@ class Ingestor:
         received: dt.datetime,
         now: dt.datetime,
     ) -> Case:
+        """A new case for ``report`` with its unit, source and event, numbered at the flush."""
         state = new_case(received, message.unit_id, report.arrival_date, self.config.rules)
         case = Case(created_at=now, updated_at=now, name_key=name_key(report.full_name))
         set_report_fields(case, {name: getattr(report, name) for name in REPORT_FIELDS})
         store_state(case, state)
         session.add(case)
-        session.flush()
-        case.ref = format_ref(self.config.tracker.case_prefix, case.id)
-        session.add(CaseUnit(case_id=case.id, unit_id=message.unit_id, added_at=now))
-        session.add(
-            CaseSource(case_id=case.id, message_id=message.id, report_index=index, added_at=now)
-        )
+        session.add(CaseUnit(case=case, unit_id=message.unit_id, added_at=now))
+        session.add(CaseSource(case=case, message=message, report_index=index, added_at=now))
         session.add(
             CaseEvent(
-                case_id=case.id,
+                case=case,
                 at=now,
                 actor=SYSTEM,
                 channel=SYSTEM,
                 action="created",
                 from_status=None,
                 to_status=case.status,
-                message_id=message.id,
+                message=message,
                 details={"unit": message.unit_id, "report_index": index},
             )
         )
@@ -637,6 +715,7 @@ class Ingestor:
     def _merge(
         self,
         session: Session,
+        open_cases: _OpenCases,
         case: Case,
         message: Message,
         index: int,
@@ -648,27 +727,118 @@ class Ingestor:
         if "full_name" in updates:
             case.name_key = name_key(report.full_name)
         case.updated_at = now
-        visible = session.get(CaseUnit, (case.id, message.unit_id))
-        if visible is None:
-            session.add(CaseUnit(case_id=case.id, unit_id=message.unit_id, added_at=now))
-        session.add(
-            CaseSource(case_id=case.id, message_id=message.id, report_index=index, added_at=now)
-        )
+        units = open_cases.units[case]
+        unit_added = message.unit_id not in units
+        if unit_added:
+            units.add(message.unit_id)
+            session.add(CaseUnit(case=case, unit_id=message.unit_id, added_at=now))
+        open_cases.add(case, units)  # under its keys as merged
+        session.add(CaseSource(case=case, message=message, report_index=index, added_at=now))
         session.add(
             CaseEvent(
-                case_id=case.id,
+                case=case,
                 at=now,
                 actor=SYSTEM,
                 channel=SYSTEM,
                 action="merged",
                 from_status=case.status,
                 to_status=case.status,
-                message_id=message.id,
+                message=message,
                 details={
                     "unit": message.unit_id,
                     "report_index": index,
                     "filled": sorted(updates),
-                    "unit_added": visible is None,
+                    "unit_added": unit_added,
                 },
             )
         )
+
+
+def _person_keys(
+    work: Iterable[tuple[Message, Parsed | None]],
+) -> set[PersonKey]:
+    """The person keys of every report of the notifications in ``work``."""
+    return {
+        person_key(report)
+        for _, parsed in work
+        if isinstance(parsed, ParsedMessage) and parsed.kind == "notification"
+        for report in parsed.reports
+    }
+
+
+class _OpenCases:
+    """The open cases a batch's reports may join: those stored that match a key of the
+    batch (one query), then those the batch opens, in the order of their ids."""
+
+    def __init__(self) -> None:
+        self._order: dict[Case, int] = {}
+        self._by_report_id: dict[str, list[Case]] = {}
+        self._by_person: dict[tuple[str, str], list[Case]] = {}
+        self.units: dict[Case, set[str]] = {}
+        """The units that can see each case."""
+
+    @classmethod
+    def load(cls, session: Session, keys: Iterable[PersonKey]) -> _OpenCases:
+        found = cls()
+        report_ids = sorted({key.report_id for key in keys if key.report_id is not None})
+        phones = sorted(
+            {key.phone for key in keys if key.phone is not None and key.name_key is not None}
+        )
+        conditions = []
+        if report_ids:
+            conditions.append(Case.report_id.in_(report_ids))
+        if phones:
+            conditions.append(Case.phone.in_(phones))
+        if not conditions:
+            return found
+        cases = session.scalars(
+            select(Case).where(Case.status != "closed", or_(*conditions)).order_by(Case.id)
+        ).all()
+        units: dict[int, set[str]] = {case.id: set() for case in cases}
+        if units:
+            rows = session.execute(
+                select(CaseUnit.case_id, CaseUnit.unit_id).where(CaseUnit.case_id.in_(units))
+            )
+            for case_id, unit_id in rows:
+                units[case_id].add(unit_id)
+        for case in cases:
+            found.add(case, units[case.id])
+        return found
+
+    def add(self, case: Case, units: set[str]) -> None:
+        """Index ``case`` under its current keys (again after a merge changed them)."""
+        self._order.setdefault(case, len(self._order))
+        self.units[case] = units
+        if case.report_id is not None:
+            _add_once(self._by_report_id.setdefault(case.report_id, []), case)
+        if case.phone is not None and case.name_key is not None:
+            _add_once(self._by_person.setdefault((case.phone, case.name_key), []), case)
+
+    def find(self, key: PersonKey, received: dt.datetime) -> Case | None:
+        """The open case of the person ``key`` names (by report id first), if there is one."""
+        candidates: list[Case] = []
+        if key.report_id is not None:
+            candidates += self._by_report_id.get(key.report_id, [])
+        if key.phone is not None and key.name_key is not None:
+            candidates += self._by_person.get((key.phone, key.name_key), [])
+        matches = sorted(
+            {
+                case
+                for case in candidates
+                if case.status != "closed"
+                and same_person(case_key(case), case.received_at, key, received)
+            },
+            key=self._order.__getitem__,
+        )
+        by_id = [
+            case
+            for case in matches
+            if key.report_id is not None and case.report_id == key.report_id
+        ]
+        preferred = by_id or matches
+        return preferred[0] if preferred else None
+
+
+def _add_once(cases: list[Case], case: Case) -> None:
+    if case not in cases:
+        cases.append(case)
