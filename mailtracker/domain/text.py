@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache, wraps
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import phonenumbers
 
@@ -18,20 +18,20 @@ _P = ParamSpec("_P")
 def remembered(
     max_chars: int = 256, maxsize: int = 4096
 ) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
-    """A decorator: a pure function of texts (with an immutable result) remembering its
-    results while its text arguments are at most ``max_chars`` long together (labels, header
-    and field values); longer texts are computed each time, so the memory stays bounded."""
+    """A decorator: a pure function of texts (positional ``str`` arguments, an immutable
+    result) remembering its results while its arguments are at most ``max_chars`` long
+    together (labels, header and field values); longer texts are computed each time, so the
+    memory stays bounded."""
 
     def decorate(function: Callable[_P, _T]) -> Callable[_P, _T]:
-        cached = lru_cache(maxsize=maxsize)(function)
+        plain = cast("Callable[..., _T]", function)
+        cached = lru_cache(maxsize=maxsize)(plain)
 
         @wraps(function)
-        def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            if not kwargs and sum(len(arg) for arg in args if isinstance(arg, str)) <= max_chars:
-                return cached(*args)
-            return function(*args, **kwargs)
+        def call(*args: str) -> _T:
+            return (cached if sum(map(len, args)) <= max_chars else plain)(*args)
 
-        return call
+        return cast("Callable[_P, _T]", call)
 
     return decorate
 

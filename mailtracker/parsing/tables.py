@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 
 from bs4 import BeautifulSoup, Tag
+from bs4.filter import SoupStrainer
 
 from mailtracker.domain.reports import field_for_label
 from mailtracker.domain.text import nfc
@@ -100,11 +101,15 @@ def _html_rows(table: Tag) -> list[list[str]]:
     return rows
 
 
+_TABLES = SoupStrainer("table")
+"""Only the tables of a body are built into a tree: the rest is not read."""
+
+
 def fields_from_html(html: str) -> list[Fields]:
     """Reports in the HTML tables of a body: header-row tables give one mapping per row,
     two-column ``label | value`` tables one mapping each. Layout tables that merely contain
     other tables are skipped: only innermost tables are read."""
-    soup = BeautifulSoup(html[:MAX_HTML_CHARS], "html.parser")
+    soup = BeautifulSoup(html[:MAX_HTML_CHARS], "html.parser", parse_only=_TABLES)
     found: list[Fields] = []
     for table in soup.find_all("table"):
         if table.find("table") is not None:

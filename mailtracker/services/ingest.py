@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from mailtracker.config import Config, MailboxSettings
@@ -37,7 +37,15 @@ from mailtracker.domain.workflow import new_case
 from mailtracker.parsing.message import ParsedMessage, parse_message
 from mailtracker.parsing.pool import Parsed, ParsePool
 from mailtracker.store.db import Database
-from mailtracker.store.models import Case, CaseEvent, CaseSource, CaseUnit, MailboxState, Message
+from mailtracker.store.models import (
+    Base,
+    Case,
+    CaseEvent,
+    CaseSource,
+    CaseUnit,
+    MailboxState,
+    Message,
+)
 from mailtracker.store.queries import (
     REPORT_FIELDS,
     case_key,
@@ -556,7 +564,7 @@ class Ingestor:
         """Record what each parsed message is and open or join its cases (``sources``: those
         a message gave a report to already), or hand it to the reply handler, or quarantine
         it; in the order of ``work``."""
-        touched: list[tuple[Case, Message, bool]] = []
+        writes = _Writes()
         open_cases: _OpenCases | None = None
         for position, (message, parsed) in enumerate(work):
             if isinstance(parsed, Exception):
@@ -580,9 +588,10 @@ class Ingestor:
                 received = min(parsed.date, message.received_at) if parsed.date else None
                 linked = sources.setdefault(message.id, [])
                 for index, report in enumerate(parsed.reports):
-                    touched += self._attach(
+                    self._attach(
                         session,
                         open_cases,
+                        writes,
                         message,
                         linked,
                         index,
@@ -593,7 +602,7 @@ class Ingestor:
             elif parsed.kind == "reply":
                 result.replies += 1
                 if self.reply_handler is not None:
-                    self._settle(session, touched, now, result)
+                    self._settle(session, writes, now, result)
                     open_cases = None  # a reply may change cases: look them up again
                     self._reply(session, message, parsed, now, result)
             elif parsed.kind in ("auto", "bounce"):
@@ -606,7 +615,7 @@ class Ingestor:
                     message.error = parsed.error or "neither a notification nor a reply"
                 result.quarantined += 1
                 log.info("message %d quarantined (%s)", message.id, parsed.kind)
-        self._settle(session, touched, now, result)
+        self._settle(session, writes, now, result)
 
     def _reply(
         self,
@@ -632,57 +641,65 @@ class Ingestor:
     def _settle(
         self,
         session: Session,
-        touched: list[tuple[Case, Message, bool]],
+        writes: _Writes,
         now: dt.datetime,
         result: ProcessResult,
     ) -> None:
-        """Write the cases opened or joined so far, number the new ones, call the case hook."""
-        if not touched:
+        """Write the cases opened or joined so far (numbering the new ones) with their units,
+        sources and events, then call the case hook on each."""
+        if not writes.touched:
             return
         session.flush()
         prefix = self.config.tracker.case_prefix
-        for case, _, created in touched:
+        for case, _, created in writes.touched:
             if created and case.ref is None:
                 case.ref = format_ref(prefix, case.id)
         session.flush()
-        for case, message, created in touched:
+        for model in (CaseUnit, CaseSource, CaseEvent):
+            rows = [values | {"case_id": case.id} for case, values in writes.rows[model]]
+            if rows:
+                session.execute(insert(model), rows)
+        for case, message, created in writes.touched:
+            session.expire(case, ["units", "sources", "events"])  # as now stored
             (result.created if created else result.merged).append(case.ref or "")
             if self.case_handler is not None:
                 self.case_handler(session, case, message, created, now)
-        touched.clear()
+        writes.clear()
 
     def _attach(
         self,
         session: Session,
         open_cases: _OpenCases,
+        writes: _Writes,
         message: Message,
         linked: list[tuple[Case, int]],
         index: int,
         report: Report,
         received: dt.datetime,
         now: dt.datetime,
-    ) -> list[tuple[Case, Message, bool]]:
-        """Open a case for one report, or join it to the open case of the same person;
-        returns the case touched (none when this report has its case already)."""
+    ) -> None:
+        """Open a case for one report, or join it to the open case of the same person (unless
+        this message gave the report a case before)."""
         key = person_key(report)
         for case, report_index in linked:
             if same_person(case_key(case), case.received_at, key, received) or (
                 not key.matchable and report_index == index
             ):
-                return []  # this message already gave this report a case: processed before
+                return  # this message already gave this report a case: processed before
         found = open_cases.find(key, received) if key.matchable else None
         if found is None:
-            case = self._create(session, message, index, report, received, now)
+            case = self._create(session, writes, message, index, report, received, now)
             open_cases.add(case, {message.unit_id})
         else:
             case = found
-            self._merge(session, open_cases, case, message, index, report, now)
+            self._merge(open_cases, writes, case, message, index, report, now)
         linked.append((case, index))
-        return [(case, message, found is None)]
+        writes.touched.append((case, message, found is None))
 
     def _create(
         self,
         session: Session,
+        writes: _Writes,
         message: Message,
         index: int,
         report: Report,
@@ -695,27 +712,15 @@ class Ingestor:
         set_report_fields(case, {name: getattr(report, name) for name in REPORT_FIELDS})
         store_state(case, state)
         session.add(case)
-        session.add(CaseUnit(case=case, unit_id=message.unit_id, added_at=now))
-        session.add(CaseSource(case=case, message=message, report_index=index, added_at=now))
-        session.add(
-            CaseEvent(
-                case=case,
-                at=now,
-                actor=SYSTEM,
-                channel=SYSTEM,
-                action="created",
-                from_status=None,
-                to_status=case.status,
-                message=message,
-                details={"unit": message.unit_id, "report_index": index},
-            )
-        )
+        writes.add(CaseUnit, case, unit_id=message.unit_id, added_at=now)
+        writes.add(CaseSource, case, message_id=message.id, report_index=index, added_at=now)
+        writes.event(case, message, now, "created", from_status=None, index=index)
         return case
 
     def _merge(
         self,
-        session: Session,
         open_cases: _OpenCases,
+        writes: _Writes,
         case: Case,
         message: Message,
         index: int,
@@ -731,27 +736,67 @@ class Ingestor:
         unit_added = message.unit_id not in units
         if unit_added:
             units.add(message.unit_id)
-            session.add(CaseUnit(case=case, unit_id=message.unit_id, added_at=now))
+            writes.add(CaseUnit, case, unit_id=message.unit_id, added_at=now)
         open_cases.add(case, units)  # under its keys as merged
-        session.add(CaseSource(case=case, message=message, report_index=index, added_at=now))
-        session.add(
-            CaseEvent(
-                case=case,
-                at=now,
-                actor=SYSTEM,
-                channel=SYSTEM,
-                action="merged",
-                from_status=case.status,
-                to_status=case.status,
-                message=message,
-                details={
-                    "unit": message.unit_id,
-                    "report_index": index,
-                    "filled": sorted(updates),
-                    "unit_added": unit_added,
-                },
-            )
+        writes.add(CaseSource, case, message_id=message.id, report_index=index, added_at=now)
+        writes.event(
+            case,
+            message,
+            now,
+            "merged",
+            from_status=case.status,
+            index=index,
+            filled=sorted(updates),
+            unit_added=unit_added,
         )
+
+
+class _Writes:
+    """What a run of notifications does, written at once by ``Ingestor._settle``: the cases
+    opened or joined (ORM objects) and the rows of their units, sources and events."""
+
+    def __init__(self) -> None:
+        self.touched: list[tuple[Case, Message, bool]] = []
+        """Each case opened (True) or joined (False), with the message that did it."""
+        self.rows: dict[type[Base], list[tuple[Case, dict[str, Any]]]] = {
+            CaseUnit: [],
+            CaseSource: [],
+            CaseEvent: [],
+        }
+
+    def add(self, model: type[Base], case: Case, **values: Any) -> None:
+        """A row of ``model`` for ``case`` (its ``case_id`` filled in once the case has one)."""
+        self.rows[model].append((case, values))
+
+    def event(
+        self,
+        case: Case,
+        message: Message,
+        now: dt.datetime,
+        action: str,
+        *,
+        from_status: str | None,
+        index: int,
+        **details: Any,
+    ) -> None:
+        """The ``created`` or ``merged`` event of ``case`` for report ``index`` of ``message``."""
+        self.add(
+            CaseEvent,
+            case,
+            at=now,
+            actor=SYSTEM,
+            channel=SYSTEM,
+            action=action,
+            from_status=from_status,
+            to_status=case.status,
+            message_id=message.id,
+            details={"unit": message.unit_id, "report_index": index, **details},
+        )
+
+    def clear(self) -> None:
+        self.touched.clear()
+        for rows in self.rows.values():
+            rows.clear()
 
 
 def _person_keys(
