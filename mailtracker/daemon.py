@@ -31,6 +31,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from mailtracker.clock import Clock, utc_now
 from mailtracker.config import Config
 from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
@@ -45,7 +46,6 @@ from mailtracker.store.db import Database
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], dt.datetime]
 
 DIGEST_GRACE = dt.timedelta(hours=6)
 FLUSH_EVERY = dt.timedelta(seconds=5)
@@ -56,10 +56,6 @@ SWEEP_JOB = "sweep"
 CATCH_UP_JOB = "digest-catch-up"
 RETENTION_JOB = "retention"
 RETENTION_EVERY = dt.timedelta(days=1)
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def digest_day(now: dt.datetime, digest_at: dt.time, tz: dt.tzinfo) -> dt.date:

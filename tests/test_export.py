@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import stat
+import zipfile
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -150,7 +151,11 @@ def test_formulas_stay_text() -> None:
     )
     assert b"'=HYPERLINK" in to_csv(table)
     sheet = load_workbook(io.BytesIO(to_xlsx(table))).active
-    assert sheet["B2"].data_type == "s" and sheet["B2"].value.startswith("'=")
+    # In the workbook a text cell is never run: the value is kept exactly as written.
+    assert sheet["B2"].data_type == "s"
+    assert sheet["B2"].value == '=HYPERLINK("http://x","y")'
+    formulas = zipfile.ZipFile(io.BytesIO(to_xlsx(table))).read("xl/worksheets/sheet1.xml")
+    assert b"<f>" not in formulas
 
 
 def test_build_export_without_personal_data(database: Database) -> None:

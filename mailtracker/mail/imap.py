@@ -23,11 +23,12 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from imapclient import IMAPClient
 
+from mailtracker.clock import Clock, utc_now
 from mailtracker.config import Config, ConfigError, MailboxSettings, Secret
 from mailtracker.mail.lease import LeaseFactory, LeaseLost, MailboxLease
 
@@ -43,8 +44,6 @@ IDLE_CHECK_SECONDS = 0.5
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 MAX_ERROR_LENGTH = 300
-
-Clock = Callable[[], dt.datetime]
 
 
 class Ingestor(Protocol):
@@ -68,10 +67,6 @@ class Ingestor(Protocol):
 
 class ImapError(Exception):
     """The server answered something the poller cannot work with (no UIDVALIDITY, BYE...)."""
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def describe_error(error: BaseException) -> str:

@@ -29,6 +29,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailtracker.clock import Clock, utc_now
 from mailtracker.config import MailboxSettings
 from mailtracker.store.db import Database
 from mailtracker.store.models import MailboxState
@@ -40,7 +41,6 @@ OWNER_LENGTH = 255
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 PID_NAMESPACE = Path("/proc/self/ns/pid")
 
-Clock = Callable[[], dt.datetime]
 LeaseFactory = Callable[[MailboxSettings], "MailboxLease"]
 
 
@@ -78,10 +78,6 @@ def is_gone_local_process(owner: str) -> bool:
     except OSError:  # it exists, under another user
         return False
     return False
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class MailboxLease:

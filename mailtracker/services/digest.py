@@ -15,8 +15,6 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +32,7 @@ from mailtracker.domain.workflow import STATUSES, local_day
 from mailtracker.mail.outbox import enqueue
 from mailtracker.render import RenderedMail, render_digest
 from mailtracker.services.outgoing import DIGEST_TOKEN, compose_for_unit
+from mailtracker.services.sheets import text_cell
 from mailtracker.store.db import Database
 from mailtracker.store.models import Case, CaseEvent, CaseUnit, DigestSent, Message, OutboxMessage
 
@@ -111,17 +110,9 @@ def _snapshot(row: Any) -> CaseSnapshot:
 
 
 def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
-    """A value openpyxl writes as itself: text without illegal characters, as a text cell
-    even when it starts with ``=`` (never a formula); anything else, such as local naive
-    timestamps, unchanged."""
-    if not isinstance(value, str):
-        return value
-    text = ILLEGAL_CHARACTERS_RE.sub(" ", value)
-    if not text.startswith("="):
-        return text
-    cell = WriteOnlyCell(sheet, text)
-    cell.data_type = "s"
-    return cell
+    """A value openpyxl writes as itself: text as a text cell (``text_cell``), anything else,
+    such as local naive timestamps, unchanged."""
+    return text_cell(sheet, value) if isinstance(value, str) else value
 
 
 class DigestService:

@@ -24,6 +24,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.orm import Session
 
 from mailtracker.config import Config, Language
+from mailtracker.services.sheets import text_cell
 from mailtracker.store.models import Case
 from mailtracker.store.queries import list_cases
 
@@ -115,7 +116,7 @@ def export_cases(
 
 
 def _text(value: str) -> str:
-    """A cell's text that a spreadsheet never runs as a formula."""
+    """A CSV cell's text that a spreadsheet never runs as a formula (a leading quote)."""
     cleaned: str = ILLEGAL_CHARACTERS_RE.sub(" ", value)
     return "'" + cleaned if cleaned.startswith(_FORMULA_START) else cleaned
 
@@ -142,12 +143,12 @@ def to_csv(table: Export) -> bytes:
 
 
 def _xlsx_cell(sheet: WriteOnlyWorksheet, value: Cell) -> Cell | WriteOnlyCell:
-    """A cell of the sheet: text as text (``_text`` leaves no formula), dates and timestamps
-    with a number format."""
+    """A cell of the sheet: text as text (``text_cell``: never a formula), dates and
+    timestamps with a number format."""
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, str):
-        return _text(value)
+        return text_cell(sheet, value)
     cell = WriteOnlyCell(sheet, value)
     cell.number_format = DATETIME_FORMAT if isinstance(value, dt.datetime) else DATE_FORMAT
     return cell

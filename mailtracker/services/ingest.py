@@ -38,6 +38,7 @@ from mailtracker.parsing.message import ParsedMessage, parse_message
 from mailtracker.parsing.pool import Parsed, ParsePool
 from mailtracker.store.db import Database
 from mailtracker.store.models import (
+    SYSTEM,
     Base,
     Case,
     CaseEvent,
@@ -65,7 +66,6 @@ PROCESS_BATCH_BYTES = 32 * 1024 * 1024
 PARSE_AHEAD_MIN = 2 * PROCESS_BATCH
 """A backlog of at least this many messages is parsed by worker processes, a batch ahead."""
 _NONE_YET: Mapping[int, Parsed] = {}
-SYSTEM = "system"
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _MAX_MESSAGE_ID = 998
 

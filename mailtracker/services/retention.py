@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from mailtracker.config import Config
 from mailtracker.store.db import Database
 from mailtracker.store.models import (
+    SYSTEM,
     Case,
     CaseEvent,
     CaseSource,
@@ -52,7 +53,6 @@ PERSONAL_FIELDS: tuple[str, ...] = (
 FREE_TEXT_DETAILS: tuple[str, ...] = ("line", "note")
 """Keys of an event's ``details`` holding text a person wrote (it may name people)."""
 PURGED = "purged"
-SYSTEM = "system"
 
 
 @dataclass(frozen=True, slots=True)

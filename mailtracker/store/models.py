@@ -197,6 +197,11 @@ class CaseSource(Base):
     message: Mapped[Message] = relationship()
 
 
+SYSTEM = "system"
+"""The ``actor`` and ``channel`` of the events mailtracker records on its own (a report
+opening or joining a case, a purge)."""
+
+
 class CaseEvent(Base):
     """One entry of a case's append-only history."""
 
