@@ -13,6 +13,7 @@ import email.policy
 import logging
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
@@ -84,6 +85,9 @@ _UNSTRUCTURED = frozenset(
     )
 )
 """Headers the standard library's registry reads as unstructured text."""
+_AS_WRITTEN = _UNSTRUCTURED | {"date", "message-id"}
+"""Headers read as written unless they hold encoded words: the registry would only give the
+same text back (a date and a message id are read again by their own parsers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,7 @@ def _header_values(message: Message, name: str) -> list[str]:
 def _decoded(name: str, text: str) -> str:
     """One header value, RFC 2047 decoded, NFC, CR/LF removed."""
     # Without encoded words, the RFC parser gives an unstructured header back as written.
-    if "=?" in text or name.lower() not in _UNSTRUCTURED:
+    if "=?" in text or name.lower() not in _AS_WRITTEN:
         try:
             text = str(email.policy.default.header_factory(name, text))
         except Exception:  # a header the RFC parser rejects is kept as written
@@ -444,15 +448,18 @@ def _cut_html_at_marker(html: str) -> str:
 def _reports_of(content: _Content) -> list[Report]:
     """Reports of one message: HTML tables, else labelled lines (plain, else HTML), plus tables."""
     html = [_cut_html_at_marker(body) for body in content.html]
-    plain = [_cut_at_marker(body) for body in content.plain]
-    candidates: list[Fields] = [fields for body in html for fields in fields_from_html(body)]
-    if not any(build_report(fields) for fields in candidates):
-        candidates = [fields for body in plain for fields in fields_from_lines(body)]
-    if not any(build_report(fields) for fields in candidates):
+    reports = _built(fields for body in html for fields in fields_from_html(body))
+    if not any(reports):
+        plain = [_cut_at_marker(body) for body in content.plain]
+        reports = _built(fields for body in plain for fields in fields_from_lines(body))
+    if not any(reports):
         texts = [_cut_at_marker(html_to_text(body)) for body in html]
-        candidates = [fields for text in texts for fields in fields_from_lines(text)]
-    reports = [build_report(fields) for fields in [*candidates, *content.people]]
-    return [report for report in reports if report is not None]
+        reports = _built(fields for text in texts for fields in fields_from_lines(text))
+    return [report for report in [*reports, *_built(content.people)] if report is not None]
+
+
+def _built(candidates: Iterable[Fields]) -> list[Report | None]:
+    return [build_report(fields) for fields in candidates]
 
 
 def _extract(message: Message, walk: _Walk) -> list[Report]:
