@@ -58,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--units", type=int, default=10, help="digests: units (10)")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL ingest run")
     p.add_argument("--profile", type=Path, help="cProfile the SQLite ingest into this file")
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        help="sample the SQLite ingest, workers included, with py-spy into this file",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON results file")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     return p
@@ -126,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.messages,
                     postgres=not args.no_postgres,
                     profile=args.profile,
+                    py_spy=args.py_spy,
                 )
             if "latency" in sections:
                 latency.measure(

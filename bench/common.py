@@ -115,12 +115,15 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_child(args: Sequence[str], *, timeout: float = 1800) -> ChildResult:
-    """Run ``python -m bench.child ARGS``; its JSON output, wall time and peak RSS."""
+def run_child(
+    args: Sequence[str], *, timeout: float = 1800, wrapper: Sequence[str] = ()
+) -> ChildResult:
+    """Run ``python -m bench.child ARGS`` (under ``wrapper``, a command such as a profiler);
+    its JSON output, wall time and peak RSS."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.child", *args],
+            [*wrapper, sys.executable, "-m", "bench.child", *args],
             stdout=out,
             stderr=err,
             cwd=ROOT,

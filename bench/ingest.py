@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench import mailgen
+from bench import mailgen, spy
 from bench.common import (
     BATCH_SIZE,
     PASSWORD,
@@ -70,6 +70,7 @@ def throughput(
     *,
     postgres: bool,
     profile: Path | None,
+    py_spy: Path | None = None,
 ) -> None:
     user = "cdc-inbox@example.org"
     print(f"ingest: generating and delivering {messages} messages", flush=True)
@@ -99,7 +100,11 @@ def throughput(
             if profile is not None and label == "SQLite":
                 args.append(str(profile))
             print(f"ingest: poll --once into an empty {label} database", flush=True)
-            run = run_child(args)
+            sampled = py_spy is not None and label == "SQLite"
+            run = run_child(args, wrapper=spy.command(py_spy) if sampled and py_spy else ())
+            if sampled and py_spy:
+                results.notes += spy.summary(py_spy)
+                print("\n".join(spy.summary(py_spy)), flush=True)
             rate = messages / run.output["seconds"]
             rss = run.max_rss_mb + run.output["workers_rss_mb"]
             cases = count_cases(url)
@@ -109,7 +114,7 @@ def throughput(
                 "expected_cases": expected,
                 "seconds": round(run.output["seconds"], 2),
                 "process_wall_seconds": round(run.wall_seconds, 2),
-                "profiled": profile is not None and label == "SQLite",
+                "profiled": (profile is not None or py_spy is not None) and label == "SQLite",
                 "child_processes": run.output["workers"],
                 "main_process_rss_mb": round(run.max_rss_mb, 1),
             }

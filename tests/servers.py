@@ -512,7 +512,7 @@ class PostgresServer:
         url = self.base.set(drivername="postgresql+psycopg", database=database)
         return url.render_as_string(hide_password=False)
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(
             host=self.base.host,
             port=self.base.port,
