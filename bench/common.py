@@ -145,7 +145,8 @@ def run_child(
         stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"bench.child {args[0]} failed ({process.returncode}):\n{stderr}")
-    output = json.loads(stdout.strip().splitlines()[-1])
+    # The last JSON line: a wrapper (py-spy) may print its own lines after the child's.
+    output = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
     # The child's own VmHWM; ru_maxrss (kilobytes) would include the parent's peak at fork.
     peak = output.get("max_rss_mb") or usage.ru_maxrss / 1024
     return ChildResult(output, wall, peak)
