@@ -375,6 +375,7 @@ class Ingestor:
         """
         result = ProcessResult()
         batches = list(self._batches(self._pending(limit)))
+        total = sum(map(len, batches))
         workers = self.config.tracker.parse_workers
         pool = (
             ParsePool(
@@ -382,9 +383,11 @@ class Ingestor:
                 case_prefix=self.config.tracker.case_prefix,
                 timezone=self.config.tracker.timezone,
             )
-            if workers and sum(map(len, batches)) >= PARSE_AHEAD_MIN
+            if workers and total >= PARSE_AHEAD_MIN
             else nullcontext(None)
         )
+        if isinstance(pool, ParsePool):
+            log.info("parsing %d pending message(s) in %d worker process(es)", total, workers)
         with pool as parsers:
             ahead = parsers.submit(self._contents(batches[0])) if parsers else None
             for position, batch in enumerate(batches):
