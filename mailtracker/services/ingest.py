@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import exists, func, insert, or_, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, defer, joinedload
 
 from mailtracker.config import Config, MailboxSettings
 from mailtracker.domain.matching import (
@@ -65,7 +65,6 @@ PROCESS_BATCH_SECONDS = 1.0
 PROCESS_BATCH_BYTES = 32 * 1024 * 1024
 PARSE_AHEAD_MIN = 2 * PROCESS_BATCH
 """A backlog of at least this many messages is parsed by worker processes, a batch ahead."""
-_NONE_YET: Mapping[int, Parsed] = {}
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _MAX_MESSAGE_ID = 998
 
@@ -366,29 +365,18 @@ class Ingestor:
     def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:
         """Process every stored message not yet processed.
 
-        Messages are processed in batches, each in one transaction with a savepoint per
-        message: a message that fails is rolled back to its savepoint and quarantined while
-        the others commit. A batch is capped (``PROCESS_BATCH`` messages, about
+        Messages are processed in batches, each in one transaction (see ``_process_batch``):
+        a message the parser fails on is quarantined while the others commit. A batch is
+        capped (``PROCESS_BATCH`` messages, about
         ``PROCESS_BATCH_SECONDS``) so that other writers never wait long, and by the size of
         the messages it holds in memory (``PROCESS_BATCH_BYTES``). When a batch's
-        transaction itself fails, its messages are processed again one transaction each.
+        transaction itself fails, its messages are processed again one transaction each. A
+        backlog of ``PARSE_AHEAD_MIN`` messages or more is parsed by worker processes, a batch
+        ahead.
         """
         result = ProcessResult()
         batches = list(self._batches(self._pending(limit)))
-        total = sum(map(len, batches))
-        workers = self.config.tracker.parse_workers
-        pool = (
-            ParsePool(
-                workers,
-                case_prefix=self.config.tracker.case_prefix,
-                timezone=self.config.tracker.timezone,
-            )
-            if workers and total >= PARSE_AHEAD_MIN
-            else nullcontext(None)
-        )
-        if isinstance(pool, ParsePool):
-            log.info("parsing %d pending message(s) in %d worker process(es)", total, workers)
-        with pool as parsers:
+        with self._parse_pool(sum(map(len, batches))) as parsers:
             ahead = parsers.submit(self._contents(batches[0])) if parsers else None
             for position, batch in enumerate(batches):
                 parsed = ahead.results() if ahead else {}
@@ -415,6 +403,16 @@ class Ingestor:
             )
         return result
 
+    def _parse_pool(self, pending: int) -> ParsePool | nullcontext[None]:
+        """Worker processes for a backlog of ``pending`` messages, if it is one and
+        ``tracker.parse_workers`` allows them."""
+        workers = self.config.tracker.parse_workers
+        if not workers or pending < PARSE_AHEAD_MIN:
+            return nullcontext(None)
+        log.info("parsing %d pending message(s) in %d worker process(es)", pending, workers)
+        tracker = self.config.tracker
+        return ParsePool(workers, case_prefix=tracker.case_prefix, timezone=tracker.timezone)
+
     def _contents(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
         """The stored content of the messages ``ids`` (those that have it)."""
         with self.db.session(read_only=True) as session:
@@ -424,10 +422,11 @@ class Ingestor:
             return [(message_id, raw) for message_id, raw in rows if raw is not None]
 
     def _process_batch(
-        self, ids: Sequence[int], now: dt.datetime, parsed: Mapping[int, Parsed] = _NONE_YET
+        self, ids: Sequence[int], now: dt.datetime, parsed: Mapping[int, Parsed]
     ) -> tuple[int, ProcessResult]:
-        """Claim and process ``ids`` in one transaction; returns how many of ``ids`` were
-        handled (fewer when the time cap ends the batch early).
+        """Claim and process ``ids`` in one transaction (``parsed``: those the workers parsed
+        already); returns how many of ``ids`` were handled (fewer when the time cap ends the
+        batch early).
 
         The messages are parsed first (a message the parser fails on is quarantined alone),
         then their reports are matched against the open cases of the whole batch, loaded in
@@ -439,10 +438,11 @@ class Ingestor:
         deadline = time.monotonic() + PROCESS_BATCH_SECONDS
         with self.db.session() as session:
             claimed = self._claim(session, ids, now)
-            messages = {
-                message.id: message
-                for message in session.scalars(select(Message).where(Message.id.in_(claimed)))
-            }
+            # Contents the workers parsed are not read again (only if one must be parsed here).
+            load = select(Message).where(Message.id.in_(claimed))
+            if parsed:
+                load = load.options(defer(Message.raw))
+            messages = {message.id: message for message in session.scalars(load)}
             sources = self._sources_of(session, claimed)
             work: list[tuple[Message, Parsed | None]] = []
             done = 0
@@ -603,11 +603,14 @@ class Ingestor:
                         now,
                     )
             elif parsed.kind == "reply":
-                result.replies += 1
                 if self.reply_handler is not None:
                     self._settle(session, writes, now, result)
                     open_cases = None  # a reply may change cases: look them up again
-                    self._reply(session, message, parsed, now, result)
+                    if not self._reply(session, message, parsed, now):
+                        result.processed -= 1
+                        result.failed += 1
+                        continue
+                result.replies += 1
             elif parsed.kind in ("auto", "bounce"):
                 result.ignored += 1
             else:
@@ -626,9 +629,9 @@ class Ingestor:
         message: Message,
         parsed: ParsedMessage,
         now: dt.datetime,
-        result: ProcessResult,
-    ) -> None:
-        """Hand a reply to the reply handler under a savepoint: a failure quarantines it."""
+    ) -> bool:
+        """Hand a reply to the reply handler under a savepoint; False when it failed (the
+        reply is then quarantined)."""
         assert self.reply_handler is not None
         try:
             with session.begin_nested():
@@ -637,9 +640,8 @@ class Ingestor:
             self._log_failure(message.id, error)
             message.quarantined = True
             message.error = f"processing failed: {type(error).__name__}"
-            result.processed -= 1
-            result.replies -= 1
-            result.failed += 1
+            return False
+        return True
 
     def _settle(
         self,
