@@ -21,6 +21,8 @@ from servers import (
     imap_server,
 )
 
+from mailtracker.store.db import Database, open_database
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (real servers, bulk)")
@@ -172,6 +174,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield cluster.url(name)
     finally:
         cluster.drop_database(name)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """``database_url`` opened with its schema created, disposed after the test."""
+    db = open_database(database_url)
+    yield db
+    db.dispose()
 
 
 # --- Daemons: ``mailtracker run`` subprocesses (tests/daemon_support.py) ---------------------

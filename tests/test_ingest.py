@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select, update
@@ -31,13 +30,6 @@ def url(database_url: str) -> str:
 @pytest.fixture
 def config(url: str) -> Config:
     return make_config(url)
-
-
-@pytest.fixture
-def database(url: str) -> Iterator[Database]:
-    db = open_database(url)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from mailtracker.parsing.message import ParsedMessage
 from mailtracker.parsing.pool import Ahead, ParsePool
 from mailtracker.services import ingest
 from mailtracker.services.ingest import Ingestor
-from mailtracker.store.db import Database, open_database
+from mailtracker.store.db import Database
 from mailtracker.store.models import Case, CaseEvent, CaseSource, Message
 
 NOW = dt.datetime(2020, 2, 12, 3, 0, tzinfo=dt.UTC)
@@ -28,13 +28,6 @@ NOW = dt.datetime(2020, 2, 12, 3, 0, tzinfo=dt.UTC)
 @pytest.fixture
 def config(database_url: str) -> Config:
     return make_config(database_url)
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = open_database(database_url)
-    yield db
-    db.dispose()
 
 
 def people(total: int) -> list[tuple[int, bytes]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from mailtracker.store.models import Base, Case, CaseEvent, MailboxState, Messag
 from mailtracker.store.queries import format_ref, normalise_ref
 
 NOW = dt.datetime(2020, 2, 12, 1, 30, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = open_database(database_url)
-    yield db
-    db.dispose()
 
 
 def sqlite_only(db: Database) -> None:
