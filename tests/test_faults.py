@@ -38,11 +38,12 @@ from reply_support import reply
 from servers import ImapServer, PostgresCluster, ServerUnavailable
 from smtp_capture import Captured, SmtpCapture
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from store_support import notification as low_risk_notification
 
-from mailtracker.config import load_config
+from mailtracker.config import SmtpSettings, load_config
 from mailtracker.daemon import Daemon as DaemonService
-from mailtracker.mail.outbox import enqueue
+from mailtracker.mail.outbox import OutboxSender, enqueue
 from mailtracker.services.ingest import Ingestor
 from mailtracker.services.replies import ReplyService
 from mailtracker.store.db import Database, open_database
@@ -481,6 +482,82 @@ def test_postgresql_down_and_back_while_mail_arrives(
         report_ids=[report_id(n) for n in range(8)],
     )
     assert check_invariants(url, smtp_server.messages, expected) == []
+
+
+class CrashingSmtp(RefusingSmtp):
+    """Stops ``cluster`` (a crash) while receiving a message containing ``crash_on``, then
+    answers it as ``RefusingSmtp`` would: the sender's next database step fails."""
+
+    def __init__(self, cluster: PostgresCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.crash_on = b""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.crash_on and self.crash_on in bytes(envelope.content):
+            self.crash_on = b""
+            self.cluster.stop()
+        return await super().handle_DATA(server, session, envelope)
+
+
+def received_ids(smtp: SmtpCapture) -> list[str]:
+    return sorted(outgoing_id(m.raw) or "" for m in smtp.messages)
+
+
+@pytest.mark.postgresql
+@pytest.mark.timeout(120)
+def test_outbox_settles_what_a_database_crash_left_in_the_middle_of_a_flush(
+    private_postgres: PostgresCluster,
+) -> None:
+    """The database crashes while a message is at the SMTP server. Once it is back, the next
+    flush records an accepted message as sent (never sending it again) and hands back a refused
+    one's claim at once (not a claim lease later)."""
+    db = open_database(private_postgres.url(private_postgres.create_database()))
+    smtp = CrashingSmtp(private_postgres)
+    smtp.start()
+    now = dt.datetime.now(dt.UTC)
+    with db.session() as session:
+        for n in range(1, 4):
+            raw = f"Message-ID: <m{n}@example.org>\r\nSubject: m{n}\r\n\r\nbody {n}\r\n"
+            enqueue(
+                session, dedup_key=f"m{n}", recipients=["a@example.org"], raw=raw.encode(), now=now
+            )
+    settings = SmtpSettings(
+        host=smtp.host,
+        port=smtp.port,
+        security="none",
+        username=None,
+        password=None,
+        sender="tracker@example.org",
+    )
+    sender = OutboxSender(db, settings, timeout=10, jitter=lambda: 0.0)
+    try:
+        smtp.crash_on = b"body 1"  # accepted, then the database is gone
+        with pytest.raises(OperationalError):
+            sender.flush(now)
+        private_postgres.start()
+        assert sender.flush(now).sent == 2
+        assert all(row.sent_at is not None for row in outbox_rows(db))
+        assert received_ids(smtp) == ["m1@example.org", "m2@example.org", "m3@example.org"]
+
+        with db.session() as session:
+            raw = b"Message-ID: <m4@example.org>\r\nSubject: m4\r\n\r\nbody 4\r\n"
+            enqueue(session, dedup_key="m4", recipients=["a@example.org"], raw=raw, now=now)
+        smtp.answer, smtp.only = "451 4.3.0 try later", b"body 4"
+        smtp.crash_on = b"body 4"  # refused, then the database is gone
+        with pytest.raises(OperationalError):
+            sender.flush(now)
+        private_postgres.start()
+        smtp.answer = None
+        assert sender.flush(now).sent == 1
+        assert sender.flush(now + dt.timedelta(hours=1)).sent == 0
+    finally:
+        smtp.stop()
+        db.dispose()
+    assert received_ids(smtp) == [f"m{n}@example.org" for n in range(1, 5)]
+    rows = outbox_rows(db)
+    assert all(row.sent_at is not None and row.next_attempt_at is None for row in rows)
+    assert [row.attempts for row in rows] == [1, 1, 1, 2]
 
 
 def test_the_checker_reports_each_violation_it_knows(tmp_path: Path) -> None:

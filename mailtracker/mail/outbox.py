@@ -6,6 +6,11 @@ records ``sent_at`` right after the server accepted it; a sent row is never sent
 temporary failure (4xx, connection trouble) schedules a retry with exponential backoff and
 jitter; a permanent one (5xx for every recipient), or too many attempts, gives up: the row
 keeps ``last_error`` and an empty ``next_attempt_at``.
+
+If the database fails in the middle of a flush, the sender remembers the rows it left
+unsettled: a row the server accepted is recorded as sent, and a row it claimed but did not
+send is handed back (only while its claim is still this sender's), at the start of the next
+flush, so a database outage delays nothing by a whole claim lease and sends nothing twice.
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ class FlushResult:
     retrying: int = 0
     failed: int = 0
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """A row this sender claimed until ``lease``; ``sent`` once the server accepted it."""
+
+    lease: dt.datetime
+    sent: bool = False
 
 
 class _Temporary(Exception):
@@ -141,6 +154,7 @@ class OutboxSender:
         self.max_attempts = max_attempts
         self.batch = batch
         self.jitter = jitter
+        self._unsettled: dict[int, _Unsettled] = {}
 
     def due_ids(self, now: dt.datetime) -> list[int]:
         """Ids of the rows due at ``now``, oldest first."""
@@ -154,7 +168,9 @@ class OutboxSender:
             return list(session.scalars(query))
 
     def flush(self, now: dt.datetime) -> FlushResult:
-        """Send every due row over one SMTP session; never raises for SMTP trouble."""
+        """Send every due row over one SMTP session; never raises for SMTP trouble (database
+        errors propagate, and what they left unsettled is settled by the next flush)."""
+        self._settle(now)
         due = self.due_ids(now)
         if not due:
             return FlushResult()
@@ -180,8 +196,34 @@ class OutboxSender:
             return FlushResult(sent, retrying, failed, problem)
         return FlushResult(sent, retrying, failed)
 
+    def _settle(self, now: dt.datetime) -> None:
+        """Record the sends and hand back the claims an earlier flush's database error left."""
+        if not self._unsettled:
+            return
+        with self.db.session() as session:
+            for row_id, left in self._unsettled.items():
+                pending = update(OutboxMessage).where(
+                    OutboxMessage.id == row_id, OutboxMessage.sent_at.is_(None)
+                )
+                if left.sent:
+                    settled = pending.values(sent_at=now, next_attempt_at=None)
+                else:  # only while the claim is still this sender's
+                    settled = pending.where(OutboxMessage.next_attempt_at == left.lease).values(
+                        next_attempt_at=now
+                    )
+                session.execute(settled.execution_options(synchronize_session=False))
+        for row_id, left in self._unsettled.items():
+            log.info("outbox: message %d %s", row_id, "sent" if left.sent else "claim handed back")
+        self._unsettled.clear()
+
     def _claim(self, row_id: int, now: dt.datetime) -> int | None:
-        """Take the row for this flush; its attempt count after claiming, None if taken."""
+        """Take the row for this flush; its attempt count after claiming, None if taken.
+
+        A claimed row stays in ``_unsettled`` until its outcome is recorded, so a database error
+        at any later step leaves the next flush what it needs to settle it.
+        """
+        lease = now + CLAIM_LEASE
+        self._unsettled[row_id] = _Unsettled(lease)
         with self.db.session() as session:
             result = session.execute(
                 update(OutboxMessage)
@@ -190,10 +232,11 @@ class OutboxSender:
                     OutboxMessage.sent_at.is_(None),
                     OutboxMessage.next_attempt_at <= now,
                 )
-                .values(attempts=OutboxMessage.attempts + 1, next_attempt_at=now + CLAIM_LEASE)
+                .values(attempts=OutboxMessage.attempts + 1, next_attempt_at=lease)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
+                del self._unsettled[row_id]
                 return None
             return session.scalar(select(OutboxMessage.attempts).where(OutboxMessage.id == row_id))
 
@@ -214,11 +257,13 @@ class OutboxSender:
             state = self._record_failure(row_id, attempts, problem, now)
             stop = isinstance(problem, _Temporary) and problem.stop
             return state, str(problem) if stop else None
+        self._unsettled[row_id] = _Unsettled(self._unsettled[row_id].lease, sent=True)
         with self.db.session() as session:
             row = session.get_one(OutboxMessage, row_id)
             row.sent_at = now
             row.next_attempt_at = None
             row.last_error = _short(f"refused recipients: {refused}") if refused else None
+        del self._unsettled[row_id]
         log.info("outbox: message %d sent", row_id)
         return "sent", None
 
@@ -235,6 +280,7 @@ class OutboxSender:
             else:
                 row.last_error = _short(str(problem))
                 row.next_attempt_at = now + retry_delay(attempts, self.jitter())
+        del self._unsettled[row_id]
         log.warning(
             "outbox: message %d %s: %s", row_id, "failed" if give_up else "will be retried", problem
         )

@@ -3,8 +3,9 @@
 ``open_database(url)`` accepts any SQLAlchemy URL. For SQLite it creates the file (and its
 ``-wal``/``-shm`` companions) readable by the owner only, turns on WAL, a busy timeout and
 foreign keys, and starts every write transaction with ``BEGIN IMMEDIATE`` so that two processes
-never interleave a read and a write. The schema is brought up to date with Alembic unless
-``upgrade=False``.
+never interleave a read and a write. A server database's pooled connections are checked before
+use, so a restarted server costs no failed job. The schema is brought up to date with Alembic
+unless ``upgrade=False``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ class Database:
 
     def __init__(self, url: str | URL) -> None:
         self.url = make_url(url)
-        self.engine = create_sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url)
+        self.engine = (
+            create_sqlite_engine(self.url)
+            if self.is_sqlite
+            else create_engine(self.url, pool_pre_ping=True)  # a restarted server is noticed
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
