@@ -14,7 +14,7 @@ from pathlib import Path
 
 MAIN_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("imports and start-up", ("build_parser (", "_find_and_load (")),
-    ("waiting for the parsing workers", ("Ahead.results (",)),
+    ("waiting for the parsing workers", ("_Chunk.take (",)),
     ("matching reports and writing cases (Ingestor._apply)", ("Ingestor._apply (",)),
     ("claiming and loading a batch", ("Ingestor._process_batch (",)),
     ("storing raw messages (Ingestor.store_batch)", ("Ingestor.store_batch (",)),

@@ -37,6 +37,7 @@ from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
 from mailtracker.mail.lease import instance_id, lease_factory
 from mailtracker.mail.outbox import OutboxSender
+from mailtracker.parsing.pool import ParsePool
 from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
@@ -81,8 +82,10 @@ class AlertingIngestor(Ingestor):
         )
         self.after_processing = after_processing
 
-    def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:
-        result = super().process_pending(now=now, limit=limit)
+    def process_pending(
+        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+    ) -> ProcessResult:
+        result = super().process_pending(now=now, limit=limit, parsers=parsers)
         try:
             self.after_processing(now, result)
         except Exception as error:  # alert trouble never stops the polling

@@ -31,9 +31,12 @@ from mailtracker.mail.imap import (
     poll_all_once,
     select_readonly,
 )
+from mailtracker.parsing.message import ParsedMessage
+from mailtracker.parsing.pool import ParsePool
+from mailtracker.services import ingest
 from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import open_database
-from mailtracker.store.models import MailboxState, Message
+from mailtracker.store.models import Case, MailboxState, Message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,6 +145,40 @@ def test_poll_fetches_in_batches_and_leaves_flags_and_mail_alone(
         assert len(uids) == 20
         flags = client.get_flags(uids)
         assert all(b"\\Seen" not in flags[uid] for uid in uids)
+
+
+def test_a_large_poll_is_parsed_by_the_workers_while_it_is_still_fetched(
+    dovecot: ImapServer, setup: tuple[Config, RecordingIngestor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``PARSE_AHEAD_MIN`` new messages on, each stored batch goes to the parsing workers
+    at once (up to ``PARSE_AHEAD_MAX`` waiting); processing hands them the rest. Every message
+    is parsed once, in a worker."""
+    config, recording = setup
+    monkeypatch.setattr(ingest, "PARSE_AHEAD_MIN", 10)
+    monkeypatch.setattr(ingest, "PARSE_AHEAD_MAX", 12)
+    one_worker = dataclasses.replace(config.tracker, parse_workers=1)
+    ingestor = RecordingIngestor(recording.db, dataclasses.replace(config, tracker=one_worker))
+    ingestor.batches = []
+    handed: list[tuple[int, int]] = []  # (batches stored so far, messages handed to the workers)
+    submit = ParsePool.submit
+
+    def recorded_submit(pool: ParsePool, messages: Sequence[tuple[int, bytes]]) -> None:
+        handed.append((len(ingestor.batches), len(messages)))
+        submit(pool, messages)
+
+    def parsed_here(raw: bytes) -> ParsedMessage:
+        raise AssertionError("parsed in the main process")
+
+    monkeypatch.setattr(ParsePool, "submit", recorded_submit)
+    ingestor.parse = parsed_here
+    dovecot.deliver_maildir(CDC, [notification(number) for number in range(20)])
+    assert MailboxPoller(config.mailboxes[0], ingestor, batch_size=7).poll_once() == 20
+    assert ingestor.batches == [7, 7, 6]
+    assert handed == [(1, 7), (2, 5), (3, 8)]
+    with ingestor.db.session(read_only=True) as session:
+        assert session.scalar(select(func.count()).where(Message.error.is_not(None))) == 0
+        assert session.scalar(select(func.count()).where(Message.processed_at.is_(None))) == 0
+        assert session.scalar(select(func.count()).select_from(Case)) == 20
 
 
 def test_a_wrong_password_is_an_error_recorded_without_the_secret(

@@ -16,7 +16,7 @@ from store_support import make_config, notification
 
 from mailtracker.config import Config
 from mailtracker.parsing.message import ParsedMessage
-from mailtracker.parsing.pool import Ahead, ParsePool
+from mailtracker.parsing.pool import ParsePool
 from mailtracker.services import ingest
 from mailtracker.services.ingest import Ingestor
 from mailtracker.store.db import Database
@@ -168,13 +168,12 @@ def test_when_the_workers_are_killed_the_main_process_parses_the_rest(
     killed: list[int] = []
     submit = ParsePool.submit
 
-    def submit_then_kill(pool: ParsePool, messages: Sequence[tuple[int, bytes]]) -> Ahead:
-        ahead = submit(pool, messages)
+    def submit_then_kill(pool: ParsePool, messages: Sequence[tuple[int, bytes]]) -> None:
+        submit(pool, messages)
         if messages[0][0] > 5 and not killed:  # the second batch: its workers die
             for process in list(pool._executor._processes.values()):  # type: ignore[union-attr]
                 os.kill(process.pid, signal.SIGKILL)
                 killed.append(process.pid)
-        return ahead
 
     monkeypatch.setattr(ParsePool, "submit", submit_then_kill)
     ingestor = Ingestor(database, with_workers(config, 2))

@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from imapclient import IMAPClient
@@ -31,6 +32,7 @@ from imapclient import IMAPClient
 from mailtracker.clock import Clock, utc_now
 from mailtracker.config import Config, ConfigError, MailboxSettings, Secret
 from mailtracker.mail.lease import LeaseFactory, LeaseLost, MailboxLease
+from mailtracker.parsing.pool import ParsePool
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,14 @@ class Ingestor(Protocol):
         messages: Sequence[tuple[int, bytes]],
         *,
         now: dt.datetime,
+        parsers: ParsePool | None = None,
     ) -> int: ...
 
-    def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> object: ...
+    def parsing(self, backlog: int) -> AbstractContextManager[ParsePool | None]: ...
+
+    def process_pending(
+        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+    ) -> object: ...
 
     def record_poll(self, mailbox: str, *, now: dt.datetime, error: str | None) -> None: ...
 
@@ -215,28 +222,35 @@ class MailboxPoller:
         # "UID n:*" always matches the newest message, even when its UID is below n.
         uids = sorted(uid for uid in client.search(["UID", f"{last_uid + 1}:*"]) if uid > last_uid)
         stored = 0
-        for batch in _batches(uids, self.batch_size):
-            if stop is not None and stop.is_set():
-                break
-            stored += self._fetch_and_store(client, uidvalidity, batch)
-        if uids:
-            log.info(
-                "%s: %d new of %d UID(s) %d-%d (UIDVALIDITY %d)",
-                self.name,
-                stored,
-                len(uids),
-                uids[0],
-                uids[-1],
-                uidvalidity,
-            )
-        else:
-            log.debug("%s: nothing new above UID %d", self.name, last_uid)
-        self.ingestor.process_pending(now=self.clock())
+        with self.ingestor.parsing(len(uids)) as parsers:  # a backlog: parsed while fetched
+            for batch in _batches(uids, self.batch_size):
+                if stop is not None and stop.is_set():
+                    break
+                stored += self._fetch_and_store(client, uidvalidity, batch, parsers)
+            if uids:
+                log.info(
+                    "%s: %d new of %d UID(s) %d-%d (UIDVALIDITY %d)",
+                    self.name,
+                    stored,
+                    len(uids),
+                    uids[0],
+                    uids[-1],
+                    uidvalidity,
+                )
+            else:
+                log.debug("%s: nothing new above UID %d", self.name, last_uid)
+            self.ingestor.process_pending(now=self.clock(), parsers=parsers)
         self.ingestor.record_poll(self.name, now=self.clock(), error=None)
         self.failures = 0
         return stored
 
-    def _fetch_and_store(self, client: IMAPClient, uidvalidity: int, batch: Sequence[int]) -> int:
+    def _fetch_and_store(
+        self,
+        client: IMAPClient,
+        uidvalidity: int,
+        batch: Sequence[int],
+        parsers: ParsePool | None,
+    ) -> int:
         response = client.fetch(batch, [b"BODY.PEEK[]"])
         messages: list[tuple[int, bytes]] = []
         for uid in batch:
@@ -252,7 +266,9 @@ class MailboxPoller:
         if not messages:
             return 0
         self._keep_lease()
-        stored = self.ingestor.store_batch(self.settings, uidvalidity, messages, now=self.clock())
+        stored = self.ingestor.store_batch(
+            self.settings, uidvalidity, messages, now=self.clock(), parsers=parsers
+        )
         log.debug(
             "%s: batch UID %d-%d: %d fetched, %d new",
             self.name,

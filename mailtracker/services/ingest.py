@@ -4,7 +4,8 @@ Storing and processing are separate steps. ``store_batch`` commits the raw messa
 mailbox position in one transaction, so a message is never lost and never fetched twice;
 ``process_pending`` then parses the stored messages and writes their cases in batches, each in
 a transaction that also marks its messages processed, so a crash at any point neither loses
-nor duplicates anything. A backlog is parsed by worker processes a batch ahead.
+nor duplicates anything. A backlog is parsed by worker processes ahead of the batch being
+written: from the moment each fetched batch is stored, when a poll brings the backlog.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,7 +65,10 @@ PROCESS_BATCH = 200
 PROCESS_BATCH_SECONDS = 1.0
 PROCESS_BATCH_BYTES = 32 * 1024 * 1024
 PARSE_AHEAD_MIN = 2 * PROCESS_BATCH
-"""A backlog of at least this many messages is parsed by worker processes, a batch ahead."""
+"""A backlog of at least this many messages is parsed by worker processes."""
+PARSE_AHEAD_MAX = 10 * PROCESS_BATCH
+"""At most this many stored messages are handed to the workers before processing asks for
+them (a bound on the contents and results held in memory)."""
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _MAX_MESSAGE_ID = 998
 
@@ -166,14 +170,17 @@ class Ingestor:
         messages: Sequence[tuple[int, bytes]],
         *,
         now: dt.datetime,
+        parsers: ParsePool | None = None,
     ) -> int:
         """Store a batch of ``(uid, raw)`` and advance the position, in one transaction.
 
         A UID already stored under this UIDVALIDITY is skipped, and so is a message whose
         Message-ID and content are stored under another UIDVALIDITY of the same mailbox (a
-        rescan). Returns how many messages were new.
+        rescan). The new messages are handed to ``parsers`` once committed (up to
+        ``PARSE_AHEAD_MAX`` waiting). Returns how many messages were new.
         """
         name = mailbox.name
+        new: list[Message] = []
         with self.db.session() as session:
             state = self._state(session, name)
             uids = sorted({uid for uid, _ in messages})
@@ -189,7 +196,6 @@ class Ingestor:
             rescan = session.scalar(
                 select(exists().where(Message.mailbox == name, Message.uidvalidity != uidvalidity))
             )
-            stored = 0
             for uid, raw in sorted(messages, key=lambda item: item[0]):
                 if uid in known:
                     continue
@@ -200,18 +206,22 @@ class Ingestor:
                     session, name, uidvalidity, message_id, digest
                 ):
                     continue
-                session.add(
-                    self._message(name, uidvalidity, uid, mailbox.unit_id, raw, message_id, now)
+                message = self._message(
+                    name, uidvalidity, uid, mailbox.unit_id, raw, message_id, now
                 )
-                stored += 1
+                session.add(message)
+                new.append(message)
             highest = max(uids, default=0)
             if state.uidvalidity != uidvalidity:
                 state.uidvalidity = uidvalidity
                 state.last_uid = highest
             else:
                 state.last_uid = max(state.last_uid, highest)
-        log.info("stored %d new message(s) of %d from %s", stored, len(messages), name)
-        return stored
+        log.info("stored %d new message(s) of %d from %s", len(new), len(messages), name)
+        room = PARSE_AHEAD_MAX - len(parsers) if parsers is not None else 0
+        if parsers is not None and room > 0:
+            parsers.submit([(m.id, m.raw) for m in new if m.raw is not None][:room])
+        return len(new)
 
     def record_poll(self, mailbox: str, *, now: dt.datetime, error: str | None) -> None:
         """Remember a successful poll, or the error a poll ended with."""
@@ -362,7 +372,9 @@ class Ingestor:
         if batch:
             yield batch
 
-    def process_pending(self, *, now: dt.datetime, limit: int | None = None) -> ProcessResult:
+    def process_pending(
+        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+    ) -> ProcessResult:
         """Process every stored message not yet processed.
 
         Messages are processed in batches, each in one transaction (see ``_process_batch``):
@@ -370,18 +382,20 @@ class Ingestor:
         capped (``PROCESS_BATCH`` messages, about
         ``PROCESS_BATCH_SECONDS``) so that other writers never wait long, and by the size of
         the messages it holds in memory (``PROCESS_BATCH_BYTES``). When a batch's
-        transaction itself fails, its messages are processed again one transaction each. A
-        backlog of ``PARSE_AHEAD_MIN`` messages or more is parsed by worker processes, a batch
-        ahead.
+        transaction itself fails, its messages are processed again one transaction each. The
+        messages are parsed by ``parsers`` (those not yet handed to them, a batch ahead), or by
+        worker processes of its own for a backlog of ``PARSE_AHEAD_MIN`` messages or more.
         """
         result = ProcessResult()
         batches = list(self._batches(self._pending(limit)))
-        with self._parse_pool(sum(map(len, batches))) as parsers:
-            ahead = parsers.submit(self._contents(batches[0])) if parsers else None
+        own = self.parsing(sum(map(len, batches))) if parsers is None else nullcontext(parsers)
+        with own as pool:
+            if pool is not None:
+                self._parse_ahead(pool, batches[:1])
             for position, batch in enumerate(batches):
-                parsed = ahead.results() if ahead else {}
-                if parsers and position + 1 < len(batches):
-                    ahead = parsers.submit(self._contents(batches[position + 1]))
+                if pool is not None:
+                    self._parse_ahead(pool, batches[position + 1 : position + 2])
+                parsed = pool.results(batch) if pool is not None else {}
                 while batch:
                     try:
                         done, outcome = self._process_batch(batch, now, parsed)
@@ -403,15 +417,21 @@ class Ingestor:
             )
         return result
 
-    def _parse_pool(self, pending: int) -> ParsePool | nullcontext[None]:
-        """Worker processes for a backlog of ``pending`` messages, if it is one and
-        ``tracker.parse_workers`` allows them."""
+    def parsing(self, backlog: int) -> AbstractContextManager[ParsePool | None]:
+        """Worker processes for a backlog of ``backlog`` messages (None when it is smaller than
+        ``PARSE_AHEAD_MIN`` or ``tracker.parse_workers`` is 0), stopped at the end."""
         workers = self.config.tracker.parse_workers
-        if not workers or pending < PARSE_AHEAD_MIN:
+        if not workers or backlog < PARSE_AHEAD_MIN:
             return nullcontext(None)
-        log.info("parsing %d pending message(s) in %d worker process(es)", pending, workers)
+        log.info("parsing %d message(s) in %d worker process(es)", backlog, workers)
         tracker = self.config.tracker
         return ParsePool(workers, case_prefix=tracker.case_prefix, timezone=tracker.timezone)
+
+    def _parse_ahead(self, pool: ParsePool, batches: Iterable[Sequence[int]]) -> None:
+        """Hand the stored messages of ``batches`` that ``pool`` does not have yet to it."""
+        ids = [message_id for batch in batches for message_id in batch if message_id not in pool]
+        if ids:
+            pool.submit(self._contents(ids))
 
     def _contents(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
         """The stored content of the messages ``ids`` (those that have it)."""
