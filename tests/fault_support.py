@@ -161,17 +161,23 @@ def check_invariants(
             if stored and f"ack:{stored[0].id}" not in keys:
                 violations.append(f"reply {reply_id!r} was never acknowledged")
     rows_by_id = {outgoing_id(row.raw): row for row in outbox}
-    captured_ids = collections.Counter(outgoing_id(m.raw) for m in smtp_messages)
-    for sent_id, n in captured_ids.items():
+    # A message may reach its recipients in several deliveries (some deferred): once each.
+    deliveries = collections.Counter(
+        (outgoing_id(m.raw), recipient) for m in smtp_messages for recipient in m.rcpt_tos
+    )
+    for (sent_id, recipient), n in deliveries.items():
         row = rows_by_id.get(sent_id)
         what = row.dedup_key if row is not None else str(sent_id)
         if n > 1:
-            violations.append(f"{what} sent {n} times")
-        if row is None:
-            violations.append(f"sent message {sent_id!r} is not in the outbox")
+            violations.append(f"{what} sent {n} times to {recipient}")
+    captured_ids = {outgoing_id(m.raw) for m in smtp_messages}
+    violations += [
+        f"sent message {sent_id!r} is not in the outbox"
+        for sent_id in sorted(captured_ids - rows_by_id.keys(), key=str)
+    ]
     for row in outbox:
         row_id = outgoing_id(row.raw)
-        if row.sent_at is not None and row_id is not None and captured_ids[row_id] == 0:
+        if row.sent_at is not None and row_id is not None and row_id not in captured_ids:
             violations.append(f"{row.dedup_key} marked sent but never reached the server")
         given_up = row.sent_at is None and row.next_attempt_at is None
         if given_up and not allow_failed_sends:

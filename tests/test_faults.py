@@ -578,6 +578,7 @@ def test_the_checker_reports_each_violation_it_knows(tmp_path: Path) -> None:
             row.sent_at = now if row.dedup_key.startswith("alert") else None
     db.dispose()
     twice = [Captured("t@example.org", ("a@example.org",), sent)] * 2
+    twice.append(Captured("t@example.org", ("b@example.org",), sent))  # deferred, then sent: fine
     expected = Expected(delivered=["report-1@suckhoe.example.vn", "lost@example.org"],
                         report_ids=[report_id(1)])  # fmt: skip
     violations = check_invariants(url, twice, expected)
@@ -585,7 +586,7 @@ def test_the_checker_reports_each_violation_it_knows(tmp_path: Path) -> None:
         "delivered message 'lost@example.org' stored 0x",
         "message 1 never processed",
         f"report {report_id(1)!r} gave 0 case(s)",
-        "alert:QN-0001:x sent 2 times",
+        "alert:QN-0001:x sent 2 times to a@example.org",
         "ack:99 given up: None",
         "ack:99 given up without an error recorded",
     ]

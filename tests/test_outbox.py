@@ -218,6 +218,49 @@ def test_smtp_down_keeps_messages_queued_then_delivers_each_once(db: Database) -
     ]
 
 
+class Deferring(Recorder):
+    """Defers (451) each address of ``busy`` once and refuses (550) those of ``unknown``, at
+    RCPT: the server accepts the message for the others."""
+
+    def __init__(self, busy: set[str], unknown: set[str]) -> None:
+        super().__init__()
+        self.busy = busy
+        self.unknown = unknown
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address in self.unknown:
+            return "550 5.1.1 no such mailbox"
+        if address in self.busy:
+            self.busy.discard(address)
+            return "451 4.2.1 mailbox busy"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_recipients_deferred_by_the_server_are_retried_alone(db: Database) -> None:
+    queue(db, 1, recipients=("a@example.org", "b@example.org", "c@example.org"))
+    port = free_port()
+    handler = Deferring(busy={"b@example.org"}, unknown={"c@example.org"})
+    later = NOW + retry_delay(1, 0.0)
+    with SmtpServer(handler, port):
+        assert sender(db, port).flush(NOW).sent == 1
+        sent, deferred = rows(db)
+        assert sent.sent_at == NOW and sent.last_error is not None and "451" in sent.last_error
+        assert deferred.recipients == ["b@example.org"] and deferred.sent_at is None
+        assert (deferred.attempts, deferred.next_attempt_at) == (1, later)
+        assert deferred.raw == sent.raw
+        assert sender(db, port).flush(NOW + MINUTE / 6).sent == 0  # not yet due
+        assert sender(db, port).flush(later).sent == 1
+        assert sender(db, port).flush(later + dt.timedelta(days=1)).sent == 0
+    assert [recipients for _, recipients, _ in handler.received] == [
+        ["a@example.org"],
+        ["b@example.org"],
+    ]
+    assert len(rows(db)) == 2 and all(row.sent_at is not None for row in rows(db))
+
+
 def test_gives_up_after_max_attempts(db: Database) -> None:
     queue(db, 1)
     port = free_port()

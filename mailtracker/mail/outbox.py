@@ -5,7 +5,9 @@ row (moving ``next_attempt_at`` a lease ahead, so no other flusher takes it), se
 records ``sent_at`` right after the server accepted it; a sent row is never sent again. A
 temporary failure (4xx, connection trouble) schedules a retry with exponential backoff and
 jitter; a permanent one (5xx for every recipient), or too many attempts, gives up: the row
-keeps ``last_error`` and an empty ``next_attempt_at``.
+keeps ``last_error`` and an empty ``next_attempt_at``. When the server accepts a message for
+some recipients and defers others (4xx), the row is sent and a new row, for the deferred
+recipients alone, is retried like any other.
 
 If the database fails in the middle of a flush, the sender remembers the rows it left
 unsettled: a row the server accepted is recorded as sent, and a row it claimed but did not
@@ -28,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailtracker.config import ConfigError, SmtpSettings
-from mailtracker.mail.smtp import SmtpTransport
+from mailtracker.mail.smtp import Refused, SmtpTransport
 from mailtracker.store.db import Database
 from mailtracker.store.models import OutboxMessage
 
@@ -55,10 +57,11 @@ class FlushResult:
 
 @dataclass(frozen=True, slots=True)
 class _Unsettled:
-    """A row this sender claimed until ``lease``; ``sent`` once the server accepted it."""
+    """A row this sender claimed until ``lease``; ``refused`` (the recipients the server
+    refused) once the server accepted it."""
 
     lease: dt.datetime
-    sent: bool = False
+    refused: Refused | None = None
 
 
 class _Temporary(Exception):
@@ -74,9 +77,17 @@ class _Permanent(Exception):
 
 
 def enqueue(
-    session: Session, *, dedup_key: str, recipients: Sequence[str], raw: bytes, now: dt.datetime
+    session: Session,
+    *,
+    dedup_key: str,
+    recipients: Sequence[str],
+    raw: bytes,
+    now: dt.datetime,
+    due: dt.datetime | None = None,
+    attempts: int = 0,
 ) -> bool:
-    """Queue a message unless one with ``dedup_key`` exists; False when it already did.
+    """Queue a message (to be sent from ``due``, by default ``now``) unless one with
+    ``dedup_key`` exists; False when it already did.
 
     Runs in a savepoint, so a concurrent insert of the same key leaves ``session`` usable.
     """
@@ -93,8 +104,8 @@ def enqueue(
                     recipients=list(recipients),
                     raw=raw,
                     created_at=now,
-                    attempts=0,
-                    next_attempt_at=now,
+                    attempts=attempts,
+                    next_attempt_at=due or now,
                 )
             )
     except IntegrityError:
@@ -202,18 +213,22 @@ class OutboxSender:
             return
         with self.db.session() as session:
             for row_id, left in self._unsettled.items():
-                pending = update(OutboxMessage).where(
-                    OutboxMessage.id == row_id, OutboxMessage.sent_at.is_(None)
-                )
-                if left.sent:
-                    settled = pending.values(sent_at=now, next_attempt_at=None)
-                else:  # only while the claim is still this sender's
-                    settled = pending.where(OutboxMessage.next_attempt_at == left.lease).values(
-                        next_attempt_at=now
+                if left.refused is not None:
+                    self._record_sent(session, row_id, left.refused, now)
+                    continue
+                session.execute(  # only while the claim is still this sender's
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.id == row_id,
+                        OutboxMessage.sent_at.is_(None),
+                        OutboxMessage.next_attempt_at == left.lease,
                     )
-                session.execute(settled.execution_options(synchronize_session=False))
+                    .values(next_attempt_at=now)
+                    .execution_options(synchronize_session=False)
+                )
         for row_id, left in self._unsettled.items():
-            log.info("outbox: message %d %s", row_id, "sent" if left.sent else "claim handed back")
+            state = "sent" if left.refused is not None else "claim handed back"
+            log.info("outbox: message %d %s", row_id, state)
         self._unsettled.clear()
 
     def _claim(self, row_id: int, now: dt.datetime) -> int | None:
@@ -257,15 +272,36 @@ class OutboxSender:
             state = self._record_failure(row_id, attempts, problem, now)
             stop = isinstance(problem, _Temporary) and problem.stop
             return state, str(problem) if stop else None
-        self._unsettled[row_id] = _Unsettled(self._unsettled[row_id].lease, sent=True)
+        self._unsettled[row_id] = _Unsettled(self._unsettled[row_id].lease, refused)
         with self.db.session() as session:
-            row = session.get_one(OutboxMessage, row_id)
-            row.sent_at = now
-            row.next_attempt_at = None
-            row.last_error = _short(f"refused recipients: {refused}") if refused else None
+            self._record_sent(session, row_id, refused, now)
         del self._unsettled[row_id]
         log.info("outbox: message %d sent", row_id)
         return "sent", None
+
+    def _record_sent(
+        self, session: Session, row_id: int, refused: Refused, now: dt.datetime
+    ) -> None:
+        """Mark the row sent (once); the recipients the server deferred get a row of their
+        own, retried after the row's backoff."""
+        row = session.get_one(OutboxMessage, row_id)
+        if row.sent_at is not None:
+            return
+        row.sent_at = now
+        row.next_attempt_at = None
+        row.last_error = _short(f"refused recipients: {refused}") if refused else None
+        deferred = sorted(address for address, (code, _) in refused.items() if code < 500)
+        if deferred:
+            enqueue(
+                session,
+                dedup_key=f"deferred:{row_id}",
+                recipients=deferred,
+                raw=row.raw,
+                now=now,
+                due=now + retry_delay(row.attempts, self.jitter()),
+                attempts=row.attempts,
+            )
+            log.warning("outbox: message %d: %d recipient(s) deferred", row_id, len(deferred))
 
     def _record_failure(
         self, row_id: int, attempts: int, problem: _Temporary | _Permanent, now: dt.datetime
