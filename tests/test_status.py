@@ -14,7 +14,9 @@ from smtp_capture import SmtpCapture
 from store_support import ENVIRON, config_data, make_config, personal_mail
 
 from mailtracker.cli import main
+from mailtracker.cli.status import render
 from mailtracker.config import Config, config_from_dict, load_config
+from mailtracker.mail.lease import MailboxLease
 from mailtracker.mail.outbox import enqueue
 from mailtracker.services.ingest import Ingestor
 from mailtracker.services.status import (
@@ -24,11 +26,13 @@ from mailtracker.services.status import (
     login_results,
     next_digest,
     stale_after,
+    status_json,
 )
 from mailtracker.store.db import Database, open_database
 from mailtracker.store.models import DigestSent, OutboxMessage
 
 NOW = dt.datetime(2020, 2, 14, 1, 0, tzinfo=dt.UTC)  # 08:00 in Quảng Ngãi
+MINUTE = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -53,6 +57,31 @@ def test_fresh_mailboxes_are_healthy_and_show_their_position(
     assert (first.name, first.uidvalidity, first.last_uid) == (cdc.name, 77, 5)
     assert first.last_success_at == NOW - dt.timedelta(minutes=2)
     assert status.mailboxes[1].uidvalidity is None and status.mailboxes[1].last_uid == 0
+
+
+def test_the_instance_holding_a_mailbox_is_shown_while_its_lease_lasts(
+    tracker: tuple[Config, Database],
+) -> None:
+    config, db = tracker
+    cdc = config.mailboxes[0]
+    lease = MailboxLease(db, cdc.name, "host-a/1234", duration=MINUTE, clock=lambda: NOW)
+    assert lease.acquire()
+    with db.session(read_only=True) as session:
+        held = collect_status(session, config, NOW + dt.timedelta(seconds=30))
+        expired = collect_status(session, config, NOW + dt.timedelta(minutes=2))
+    first, second = held.mailboxes
+    assert (first.polled_by, first.lease_expires_at) == ("host-a/1234", NOW + MINUTE)
+    assert (second.polled_by, second.lease_expires_at) == (None, None)
+    assert "polled by:    host-a/1234 (lease until 2020-02-14 08:01:00)" in render(
+        held, config.tracker.timezone
+    )
+    report = status_json(held, config.tracker.timezone)["mailboxes"][0]
+    assert (report["polled_by"], report["lease_expires_at"]) == (
+        "host-a/1234",
+        "2020-02-14T08:01:00+07:00",
+    )
+    assert expired.mailboxes[0].polled_by is None  # a lease past its time is nobody's
+    assert "polled by" not in render(expired, config.tracker.timezone)
 
 
 def test_a_mailbox_is_stale_after_three_polls_and_five_minutes(

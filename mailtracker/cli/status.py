@@ -16,11 +16,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status",
         help="health of mailboxes, outbox and digests (exit 1 when something is stale)",
         description=(
-            "Show, per mailbox, the last successful poll, the last error and the position "
-            "(UIDVALIDITY/last UID); the outbox queue; the quarantined mail; the next digest of "
-            "each unit. Exit status 1 when a mailbox has had no successful poll for more than "
-            "3 x poll_every + 5 minutes, when its last poll failed, or when outgoing mail "
-            "failed for good: usable as a health check."
+            "Show, per mailbox, the last successful poll, the last error, the position "
+            "(UIDVALIDITY/last UID) and the daemon instance polling it; the outbox queue; the "
+            "quarantined mail; the next digest of each unit. Exit status 1 when a mailbox has "
+            "had no successful poll for more than 3 x poll_every + 5 minutes, when its last "
+            "poll failed, or when outgoing mail failed for good: usable as a health check."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -44,6 +44,9 @@ def render(status: Status, tz: ZoneInfo) -> str:
         lines.append(f"    last success: {_when(box.last_success_at, tz)}; {position}")
         if box.last_error is not None:
             lines.append(f"    last error:   {_when(box.last_error_at, tz)}  {box.last_error}")
+        if box.polled_by is not None:
+            until = _when(box.lease_expires_at, tz)
+            lines.append(f"    polled by:    {box.polled_by} (lease until {until})")
     if not status.mailboxes:
         lines.append("  (none configured)")
     outbox = status.outbox

@@ -47,6 +47,9 @@ class MailboxStatus:
     last_error: str | None
     last_error_at: dt.datetime | None
     problem: str | None
+    polled_by: str | None = None
+    """The daemon instance holding the mailbox's lease (None when no lease is current)."""
+    lease_expires_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,8 @@ def collect_status(session: Session, config: Config, now: dt.datetime) -> Status
     mailboxes = []
     for settings in config.mailboxes:
         state = states.get(settings.name)
+        expires = state.lease_expires_at if state else None
+        held = state is not None and expires is not None and expires > now
         mailboxes.append(
             MailboxStatus(
                 name=settings.name,
@@ -149,6 +154,8 @@ def collect_status(session: Session, config: Config, now: dt.datetime) -> Status
                 last_error=state.last_error if state else None,
                 last_error_at=state.last_error_at if state else None,
                 problem=mailbox_problem(settings, state, now),
+                polled_by=state.lease_owner if held and state else None,
+                lease_expires_at=expires if held else None,
             )
         )
     outbox = outbox_status(session, now)
@@ -200,6 +207,8 @@ def status_json(status: Status, tz: ZoneInfo) -> dict[str, Any]:
                 "last_error": box.last_error,
                 "last_error_at": _iso(box.last_error_at, tz),
                 "stale": box.problem is not None,
+                "polled_by": box.polled_by,
+                "lease_expires_at": _iso(box.lease_expires_at, tz),
             }
             for box in status.mailboxes
         ],
