@@ -10,6 +10,7 @@ from email.policy import SMTP
 
 import openpyxl
 import pytest
+from openpyxl.utils.datetime import CALENDAR_MAC_1904, WINDOWS_EPOCH, to_excel
 
 from mailtracker.domain.reports import Report
 from mailtracker.parsing.message import ParsedMessage, parse_message
@@ -322,6 +323,31 @@ def test_xlsx_attachment_with_title_row_dates_and_numbers() -> None:
     message.set_content("File đính kèm.")
     message.add_attachment(
         buffer.getvalue(), maintype="application", subtype="octet-stream", filename="danh sach.xlsx"
+    )
+    assert list(parse(message).reports) == EXPECTED_ROWS
+
+
+@pytest.mark.parametrize("epoch", [WINDOWS_EPOCH, CALENDAR_MAC_1904])
+def test_xlsx_dates_kept_as_plain_numbers_are_read_as_dates(epoch: dt.datetime) -> None:
+    """A date column whose cells are numbers (not formatted as dates): Excel serials, counted
+    from the workbook's own epoch."""
+    workbook = openpyxl.Workbook()
+    workbook.epoch = epoch
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(HEADER)
+    for row in ROWS:
+        values: list[object] = list(row)
+        if row[14]:
+            values[14] = int(to_excel(dt.datetime(2020, 2, 8), epoch))
+        values[15] = to_excel(dt.datetime(2020, 2, 12, 10, 0), epoch)  # a float: with the time
+        sheet.append(values)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    message = mail(subject="Danh sách", sender="epi@example.org")
+    message.set_content("File đính kèm.")
+    message.add_attachment(
+        buffer.getvalue(), maintype="application", subtype="octet-stream", filename="ds.xlsx"
     )
     assert list(parse(message).reports) == EXPECTED_ROWS
 

@@ -11,6 +11,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import re
 import zipfile
 from collections.abc import Iterable, Sequence
 
@@ -29,6 +30,9 @@ MAX_HTML_CHARS = 2_000_000
 MAX_CSV_BYTES = 5_000_000
 MAX_XLSX_UNCOMPRESSED = 50_000_000
 MAX_HEADER_SCAN = 10
+_DATE_FIELDS = ("arrival_date", "report_date")
+_SERIAL_DATE = re.compile(r"\d{5}(?:\.\d+)?")
+"""A date kept as a plain number in a workbook (an Excel serial: 10000 is 1927, 99999 2173)."""
 
 
 class TableError(ValueError):
@@ -140,6 +144,19 @@ def html_to_text(html: str) -> str:
     return soup.get_text()
 
 
+def _serial_dates(people: list[Fields], epoch: dt.datetime) -> list[Fields]:
+    """Date columns whose cells hold the date as a number (not formatted as a date in the
+    workbook) read as the dates they are."""
+    from openpyxl.utils.datetime import from_excel
+
+    for person in people:
+        for name in _DATE_FIELDS:
+            value = person.get(name, "")
+            if _SERIAL_DATE.fullmatch(value):
+                person[name] = from_excel(float(value), epoch=epoch).date().isoformat()
+    return people
+
+
 def fields_from_xlsx(data: bytes) -> list[Fields]:
     """People in every sheet of an ``.xlsx`` workbook, refusing oversized (zip-bomb) files."""
     from openpyxl import load_workbook
@@ -164,7 +181,7 @@ def fields_from_xlsx(data: bytes) -> list[Fields]:
                     max_row=MAX_ROWS + 1, max_col=MAX_COLUMNS, values_only=True
                 )
             )
-            found.extend(rows_to_fields(rows))
+            found.extend(_serial_dates(rows_to_fields(rows), workbook.epoch))
     except Exception as exc:
         raise TableError(f"unreadable xlsx sheet: {type(exc).__name__}") from exc
     finally:
