@@ -83,9 +83,14 @@ class AlertingIngestor(Ingestor):
         self.after_processing = after_processing
 
     def process_pending(
-        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+        self,
+        *,
+        now: dt.datetime,
+        limit: int | None = None,
+        parsers: ParsePool | None = None,
+        stop: threading.Event | None = None,
     ) -> ProcessResult:
-        result = super().process_pending(now=now, limit=limit, parsers=parsers)
+        result = super().process_pending(now=now, limit=limit, parsers=parsers, stop=stop)
         try:
             self.after_processing(now, result)
         except Exception as error:  # alert trouble never stops the polling
@@ -254,7 +259,7 @@ class Daemon:
 
     def sweep(self) -> None:
         """Process stored messages still waiting (the pollers normally do it at once)."""
-        self.ingestor.process_pending(now=self.clock())
+        self.ingestor.process_pending(now=self.clock(), stop=self.stop_event)
 
     def purge_expired(self) -> None:
         """Purge personal data past ``tracker.retention_days`` (once a day)."""

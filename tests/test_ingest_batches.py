@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +122,25 @@ def test_batches_are_capped_by_count_and_by_bytes(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ingest, "PROCESS_BATCH_BYTES", 100)
     pending = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 95), (6, 500), (7, 5), (8, 5)]
     assert list(Ingestor._batches(pending)) == [[1, 2, 3], [4], [5], [6], [7, 8]]
+
+
+def test_a_stop_leaves_the_batches_not_started_pending(
+    database: Database, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "PROCESS_BATCH", 4)
+    stop = threading.Event()
+
+    def stop_at_the_first_case(
+        session: Session, case: Case, message: Message, created: bool, now: dt.datetime
+    ) -> None:
+        stop.set()
+
+    ingestor = Ingestor(database, config, case_handler=stop_at_the_first_case)
+    ingestor.store_batch(config.units[0].mailboxes[0], 1, people(10), now=NOW)
+    first = ingestor.process_pending(now=NOW, stop=stop)
+    assert (first.processed, counts(database)) == (4, (4, 4, 4, 6))
+    rest = Ingestor(database, config).process_pending(now=NOW)
+    assert (rest.processed, counts(database)) == (6, (10, 10, 10, 0))
 
 
 # -- a backlog parsed by worker processes -------------------------------------------------------

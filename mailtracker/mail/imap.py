@@ -66,7 +66,12 @@ class Ingestor(Protocol):
     def parsing(self, backlog: int) -> AbstractContextManager[ParsePool | None]: ...
 
     def process_pending(
-        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+        self,
+        *,
+        now: dt.datetime,
+        limit: int | None = None,
+        parsers: ParsePool | None = None,
+        stop: threading.Event | None = None,
     ) -> object: ...
 
     def record_poll(self, mailbox: str, *, now: dt.datetime, error: str | None) -> None: ...
@@ -239,7 +244,7 @@ class MailboxPoller:
                 )
             else:
                 log.debug("%s: nothing new above UID %d", self.name, last_uid)
-            self.ingestor.process_pending(now=self.clock(), parsers=parsers)
+            self.ingestor.process_pending(now=self.clock(), parsers=parsers, stop=stop)
         self.ingestor.record_poll(self.name, now=self.clock(), error=None)
         self.failures = 0
         return stored

@@ -16,6 +16,7 @@ import email.policy
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -373,7 +374,12 @@ class Ingestor:
             yield batch
 
     def process_pending(
-        self, *, now: dt.datetime, limit: int | None = None, parsers: ParsePool | None = None
+        self,
+        *,
+        now: dt.datetime,
+        limit: int | None = None,
+        parsers: ParsePool | None = None,
+        stop: threading.Event | None = None,
     ) -> ProcessResult:
         """Process every stored message not yet processed.
 
@@ -385,6 +391,7 @@ class Ingestor:
         transaction itself fails, its messages are processed again one transaction each. The
         messages are parsed by ``parsers`` (those not yet handed to them, a batch ahead), or by
         worker processes of its own for a backlog of ``PARSE_AHEAD_MIN`` messages or more.
+        Once ``stop`` is set, the batches not started are left pending (for the next pass).
         """
         result = ProcessResult()
         batches = list(self._batches(self._pending(limit)))
@@ -393,6 +400,10 @@ class Ingestor:
             if pool is not None:
                 self._parse_ahead(pool, batches[:1])
             for position, batch in enumerate(batches):
+                if stop is not None and stop.is_set():
+                    left = sum(map(len, batches[position:]))
+                    log.info("stopping: %d message(s) left pending for the next start", left)
+                    break
                 if pool is not None:
                     self._parse_ahead(pool, batches[position + 1 : position + 2])
                 parsed = pool.results(batch) if pool is not None else {}
