@@ -530,7 +530,7 @@ def test_outbox_settles_what_a_database_crash_left_in_the_middle_of_a_flush(
         password=None,
         sender="tracker@example.org",
     )
-    sender = OutboxSender(db, settings, timeout=10, jitter=lambda: 0.0)
+    sender = OutboxSender(db, settings, timeout=30, jitter=lambda: 0.0)
     try:
         smtp.crash_on = b"body 1"  # accepted, then the database is gone
         with pytest.raises(OperationalError):
