@@ -37,7 +37,6 @@ from mailtracker.domain.workflow import local_day
 from mailtracker.mail.imap import describe_error, start_pollers
 from mailtracker.mail.lease import instance_id, lease_factory
 from mailtracker.mail.outbox import OutboxSender
-from mailtracker.parsing.pool import ParsePool
 from mailtracker.services.alerts import HighRiskAlerter, queue_high_risk_alerts
 from mailtracker.services.digest import DigestService, digest_recorded
 from mailtracker.services.ingest import Ingestor, ProcessResult, ReplyHandler
@@ -67,7 +66,9 @@ def digest_day(now: dt.datetime, digest_at: dt.time, tz: dt.tzinfo) -> dt.date:
 
 
 class AlertingIngestor(Ingestor):
-    """The ingestor, calling ``after_processing`` once each processing pass is committed."""
+    """The ingestor, alerting on high-risk cases and calling ``after_processing`` once each
+    processing pass is committed (a failure of it is logged, never raised: alert trouble
+    never stops the polling)."""
 
     def __init__(
         self,
@@ -77,26 +78,21 @@ class AlertingIngestor(Ingestor):
         *,
         reply_handler: ReplyHandler | None = None,
     ) -> None:
-        super().__init__(
-            db, config, reply_handler=reply_handler, case_handler=HighRiskAlerter(config)
-        )
-        self.after_processing = after_processing
 
-    def process_pending(
-        self,
-        *,
-        now: dt.datetime,
-        limit: int | None = None,
-        parsers: ParsePool | None = None,
-        stop: threading.Event | None = None,
-    ) -> ProcessResult:
-        result = super().process_pending(now=now, limit=limit, parsers=parsers, stop=stop)
-        try:
-            self.after_processing(now, result)
-        except Exception as error:  # alert trouble never stops the polling
-            log.error("after processing: %s", describe_error(error))
-            log.debug("after processing failure", exc_info=error)
-        return result
+        def logging_failures(now: dt.datetime, result: ProcessResult) -> None:
+            try:
+                after_processing(now, result)
+            except Exception as error:
+                log.error("after processing: %s", describe_error(error))
+                log.debug("after processing failure", exc_info=error)
+
+        super().__init__(
+            db,
+            config,
+            reply_handler=reply_handler,
+            case_handler=HighRiskAlerter(config),
+            after_processing=logging_failures,
+        )
 
 
 class Daemon:

@@ -159,3 +159,16 @@ def test_ingested_high_risk_report_is_alerted_with_its_fields_escaped(
     soup = BeautifulSoup(html.get_content(), "html.parser")
     assert soup.find("img") is None
     assert 'Vũ Hán <img src=x onerror="alert(1)">' in soup.get_text()
+
+
+def test_a_failing_after_processing_step_is_logged_and_never_raised(
+    db: Database, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing(_now: dt.datetime, _result: ProcessResult) -> None:
+        raise RuntimeError("outbox unavailable")
+
+    ingestor = AlertingIngestor(db, config, failing)
+    ingestor.import_messages("cdc", [("high.eml", notification(symptoms="Sốt, ho"))], now=NOW)
+    result = ingestor.process_pending(now=NOW)
+    assert result.created == ["QN-0001"]
+    assert "after processing: RuntimeError (details at DEBUG level)" in caplog.text

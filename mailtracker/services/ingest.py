@@ -145,11 +145,13 @@ class Ingestor:
         *,
         reply_handler: ReplyHandler | None = None,
         case_handler: CaseHandler | None = None,
+        after_processing: Callable[[dt.datetime, ProcessResult], None] | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.reply_handler = reply_handler
         self.case_handler = case_handler
+        self.after_processing = after_processing
         self.parse: Callable[[bytes], ParsedMessage] = lambda raw: parse_message(
             raw, case_prefix=config.tracker.case_prefix, timezone=config.tracker.timezone
         )
@@ -219,8 +221,8 @@ class Ingestor:
             else:
                 state.last_uid = max(state.last_uid, highest)
         log.info("stored %d new message(s) of %d from %s", len(new), len(messages), name)
-        room = PARSE_AHEAD_MAX - len(parsers) if parsers is not None else 0
-        if parsers is not None and room > 0:
+        if parsers is not None and len(parsers) < PARSE_AHEAD_MAX:
+            room = PARSE_AHEAD_MAX - len(parsers)
             parsers.submit([(m.id, m.raw) for m in new if m.raw is not None][:room])
         return len(new)
 
@@ -392,20 +394,19 @@ class Ingestor:
         messages are parsed by ``parsers`` (those not yet handed to them, a batch ahead), or by
         worker processes of its own for a backlog of ``PARSE_AHEAD_MIN`` messages or more.
         Once ``stop`` is set, the batches not started are left pending (for the next pass).
+        ``after_processing`` is called at the end, once everything processed is committed.
         """
         result = ProcessResult()
         batches = list(self._batches(self._pending(limit)))
         own = self.parsing(sum(map(len, batches))) if parsers is None else nullcontext(parsers)
         with own as pool:
-            if pool is not None:
-                self._parse_ahead(pool, batches[:1])
             for position, batch in enumerate(batches):
                 if stop is not None and stop.is_set():
                     left = sum(map(len, batches[position:]))
                     log.info("stopping: %d message(s) left pending for the next start", left)
                     break
-                if pool is not None:
-                    self._parse_ahead(pool, batches[position + 1 : position + 2])
+                if pool is not None:  # this batch and the next, as far as the workers lack them
+                    self._parse_ahead(pool, batches[position : position + 2])
                 parsed = pool.results(batch) if pool is not None else {}
                 while batch:
                     try:
@@ -426,6 +427,8 @@ class Ingestor:
                 len(result.merged),
                 result.quarantined,
             )
+        if self.after_processing is not None:
+            self.after_processing(now, result)
         return result
 
     def parsing(self, backlog: int) -> AbstractContextManager[ParsePool | None]:

@@ -143,7 +143,7 @@ def collect_status(session: Session, config: Config, now: dt.datetime) -> Status
     for settings in config.mailboxes:
         state = states.get(settings.name)
         expires = state.lease_expires_at if state else None
-        held = state is not None and expires is not None and expires > now
+        holder = state.lease_owner if state and expires and expires > now else None
         mailboxes.append(
             MailboxStatus(
                 name=settings.name,
@@ -154,8 +154,8 @@ def collect_status(session: Session, config: Config, now: dt.datetime) -> Status
                 last_error=state.last_error if state else None,
                 last_error_at=state.last_error_at if state else None,
                 problem=mailbox_problem(settings, state, now),
-                polled_by=state.lease_owner if held and state else None,
-                lease_expires_at=expires if held else None,
+                polled_by=holder,
+                lease_expires_at=expires if holder else None,
             )
         )
     outbox = outbox_status(session, now)
